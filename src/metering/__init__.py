@@ -1,0 +1,1 @@
+"""Meters LLM token usage and bills it against prepaid credits."""

@@ -1,0 +1,76 @@
+"""Settings from the environment (and `.env`), validated once at start."""
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    celery_broker_url: str | None = None
+
+    stripe_secret_key: SecretStr = SecretStr("")
+    stripe_publishable_key: str = ""
+    stripe_webhook_secret: SecretStr = SecretStr("")
+    stripe_api_base: str | None = None
+    frontend_url: str = "http://localhost:3000"
+
+    metering_api_token: SecretStr = SecretStr("")
+    flower_basic_auth: SecretStr = SecretStr("")
+
+    metering_usage_shards: int = Field(default=1, ge=1, le=1024)
+    metering_redis_prefix: str = Field(default="metering", min_length=1, max_length=64)
+    metering_price_catalog: Path | None = None
+    metering_markup: Decimal = Field(default=Decimal(1), gt=0, le=100)
+    """Multiplier on catalog prices for `apiKeyMode = system`."""
+    metering_platform_fee_usd_per_million: Decimal = Field(default=Decimal(0), ge=0)
+    """USD per million tokens charged for `apiKeyMode = own`."""
+    metering_halt_threshold: int = 0
+    """Credits: at or below this balance a user's running experiments are told to stop."""
+
+    @field_validator("metering_markup", "metering_platform_fee_usd_per_million", mode="before")
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        if isinstance(value, float):
+            raise ValueError("give money as a string or integer, not a float")
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def async_database_url(self) -> str:
+        return to_asyncpg_url(self.database_url)
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Turn a Prisma-style `postgresql://...?schema=public` URL into SQLAlchemy's asyncpg form.
+
+    The platform and this service share one `DATABASE_URL`; Prisma's `schema` parameter means nothing
+    to asyncpg, so it is dropped (only the `public` schema is supported).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {scheme}://")
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "schema"]
+    return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
