@@ -59,8 +59,8 @@ class Settings(BaseSettings):
 def to_asyncpg_url(url: str) -> str:
     """Turn a Prisma-style `postgresql://...?schema=public` URL into SQLAlchemy's asyncpg form.
 
-    The platform and this service share one `DATABASE_URL`; Prisma's `schema` parameter means nothing
-    to asyncpg, so it is dropped (only the `public` schema is supported).
+    The platform and this service share one `DATABASE_URL`; Prisma's `schema` parameter means
+    nothing to asyncpg, so it is dropped (only the `public` schema is supported).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]

@@ -1,0 +1,122 @@
+"""Users and experiments as operators see them: lookups, the seed, and manual corrections.
+
+Corrections go through the ledger like everything else that moves credits.
+"""
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering import ledger
+from metering.errors import PermanentError
+from metering.models import MAACExperiment, TransactionType, User
+
+SEED_EMAIL = "test@example.com"
+SEED_NAME = "Test User"
+SEED_CREDITS = 10_000
+SEED_PAYMENT_ID = "pi_test_123"
+SEED_KEY = "seed:test@example.com:initial-purchase"
+
+
+class NotFound(PermanentError):
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A user's balance in credits (1 credit = $0.001)."""
+
+    user_id: str
+    email: str
+    credits: int
+    updated_at: str
+
+
+async def find_user(session: AsyncSession, id_or_email: str) -> User:
+    """The user with this id or email; `NotFound` otherwise."""
+    user = await session.scalar(
+        select(User).where(or_(User.id == id_or_email, User.email == id_or_email))
+    )
+    if user is None:
+        raise NotFound(f"no user with id or email {id_or_email!r}")
+    return user
+
+
+async def find_experiment(session: AsyncSession, experiment_id: str) -> MAACExperiment:
+    experiment = await session.get(MAACExperiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"no experiment with id {experiment_id!r}")
+    return experiment
+
+
+async def balance(session: AsyncSession, id_or_email: str) -> Balance:
+    user = await find_user(session, id_or_email)
+    return Balance(user.id, user.email, user.credits, user.updated_at.isoformat() + "Z")
+
+
+async def ensure_user(session: AsyncSession, email: str, name: str | None = None) -> str:
+    """The id of the user with this email, created with 0 credits if missing."""
+    await session.execute(
+        insert(User)
+        .values(email=email, name=name, updated_at=func.now())
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    return (await find_user(session, email)).id
+
+
+async def seed(session: AsyncSession) -> ledger.PostedTransaction:
+    """The platform's seed: test@example.com with 10,000 purchased credits. Safe to run again."""
+    user_id = await ensure_user(session, SEED_EMAIL, SEED_NAME)
+    return await ledger.post(
+        session,
+        ledger.Posting(
+            user_id=user_id,
+            type=TransactionType.PURCHASE,
+            amount=SEED_CREDITS,
+            description="Initial credit purchase",
+            idempotency_key=SEED_KEY,
+            stripe_payment_id=SEED_PAYMENT_ID,
+        ),
+    )
+
+
+async def refund_experiment(
+    session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str | None = None
+) -> ledger.PostedTransaction:
+    """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run)."""
+    experiment = await find_experiment(session, experiment_id)
+    if experiment.user_id is None:
+        raise PermanentError(f"experiment {experiment_id!r} has no user to refund", code="no_owner")
+    return await ledger.post(
+        session,
+        ledger.Posting(
+            user_id=experiment.user_id,
+            type=TransactionType.REFUND,
+            amount=credits,
+            description=f"Refund for experiment {experiment_id}: {reason}",
+            idempotency_key=key or f"refund:{uuid.uuid4()}",
+            metadata={"experimentId": experiment_id, "reason": reason},
+            experiment_id=experiment_id,
+        ),
+    )
+
+
+async def adjust_user(
+    session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str | None = None
+) -> ledger.PostedTransaction:
+    """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative)."""
+    user = await find_user(session, id_or_email)
+    return await ledger.post(
+        session,
+        ledger.Posting(
+            user_id=user.id,
+            type=TransactionType.ADJUSTMENT,
+            amount=credits,
+            description=f"Adjustment: {reason}",
+            idempotency_key=key or f"adjustment:{uuid.uuid4()}",
+            metadata={"reason": reason},
+        ),
+    )

@@ -1,0 +1,10 @@
+"""The `metering` command line: each module registers its commands on the shared app."""
+
+from metering.cli import database, ledger
+from metering.cli.app import app
+
+__all__ = ["app", "database", "ledger", "main"]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,106 @@
+"""Ledger commands: seed, reconcile, balance, and operators' refunds and adjustments."""
+
+from dataclasses import asdict
+from decimal import Decimal
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering import accounts, ledger
+from metering.cli.app import app
+from metering.cli.common import console, errors, in_database, print_json
+from metering.pricing.money import USD_PER_CREDIT
+from metering.reconcile import Violation, find_violations
+
+JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
+
+
+def _report_posting(posted: ledger.PostedTransaction, as_json: bool) -> None:
+    if as_json:
+        print_json(asdict(posted))
+    elif posted.created:
+        console.print(
+            f"posted {posted.type.value} of {posted.amount:+,} credits "
+            f"to user {posted.user_id} (transaction {posted.transaction_id})"
+        )
+    else:
+        console.print(
+            f"already posted as transaction {posted.transaction_id} "
+            f"({posted.type.value} {posted.amount:+,}): nothing changed"
+        )
+
+
+@app.command()
+def seed(as_json: bool = JSON) -> None:
+    """Create the seed's test user (test@example.com) with 10,000 credits. Safe to run again."""
+    _report_posting(in_database(accounts.seed), as_json)
+
+
+@app.command()
+def reconcile(as_json: bool = JSON) -> None:
+    """Check every balance against its transactions; exit 1 if any invariant is broken."""
+    violations: list[Violation] = in_database(find_violations)
+    if as_json:
+        print_json({"ok": not violations, "violations": [asdict(v) for v in violations]})
+    else:
+        for violation in violations:
+            errors.print(
+                f"[red]violation[/] {escape(str(violation))}", highlight=False, soft_wrap=True
+            )
+        if not violations:
+            console.print("reconcile: every balance equals the sum of its transactions")
+    if violations:
+        raise typer.Exit(1)
+
+
+@app.command()
+def balance(
+    user: str = typer.Argument(..., help="User id or email."), as_json: bool = JSON
+) -> None:
+    """Show a user's credit balance."""
+
+    async def work(session: AsyncSession) -> accounts.Balance:
+        return await accounts.balance(session, user)
+
+    result = in_database(work)
+    if as_json:
+        print_json(asdict(result))
+        return
+    table = Table("user", "email", "credits", "USD")
+    usd = Decimal(result.credits) * USD_PER_CREDIT
+    table.add_row(result.user_id, result.email, f"{result.credits:,}", f"${usd:,.3f}")
+    console.print(table)
+
+
+@app.command()
+def refund(
+    experiment: str = typer.Argument(..., help="Experiment id."),
+    credits: int = typer.Option(..., help="Credits to give back (> 0)."),
+    reason: str = typer.Option(..., help="Why, for the audit trail."),
+    key: str | None = typer.Option(None, help="Idempotency key: the same key posts once."),
+    as_json: bool = JSON,
+) -> None:
+    """Give credits back to an experiment's owner (a REFUND transaction)."""
+
+    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+        return await accounts.refund_experiment(session, experiment, credits, reason, key)
+
+    _report_posting(in_database(work), as_json)
+
+
+@app.command()
+def adjust(
+    user: str = typer.Argument(..., help="User id or email."),
+    credits: int = typer.Option(..., help="Credits to add (negative to remove)."),
+    reason: str = typer.Option(..., help="Why, for the audit trail."),
+    key: str | None = typer.Option(None, help="Idempotency key: the same key posts once."),
+    as_json: bool = JSON,
+) -> None:
+    """Correct a user's balance (an ADJUSTMENT transaction)."""
+
+    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+        return await accounts.adjust_user(session, user, credits, reason, key)
+
+    _report_posting(in_database(work), as_json)

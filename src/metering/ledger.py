@@ -1,0 +1,504 @@
+"""The ledger: the only code that moves credits.
+
+Invariants kept here, inside the caller's database transaction:
+- every change to `User.credits` is a `CreditTransaction` row written in the same transaction, so
+  `User.credits = SUM(amount)` always;
+- every change to `MAACExperiment.creditsUsed` is a USAGE row (or an `UnbilledUsage` row for an
+  experiment without a user), so `creditsUsed = -SUM(usage amounts)` always;
+- each posting carries a unique idempotency key: posting the same key again changes nothing and
+  returns the first result. Duplicates are found by the database (`ON CONFLICT DO NOTHING`);
+- rows are locked in one order, users by id and then experiments by id, so concurrent
+  transactions cannot deadlock on each other's locks.
+
+Rows are never updated or deleted: a correction is a new row (ADJUSTMENT or REFUND).
+"""
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import Integer, Numeric, Text
+
+from metering.errors import PermanentError, TransientError
+from metering.ids import cuid
+from metering.models import TransactionType
+from metering.pricing.money import credits_due
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+class LedgerError(PermanentError):
+    code = "ledger_error"
+
+
+class InvalidAmount(LedgerError):
+    code = "invalid_amount"
+
+
+class UnknownUser(LedgerError):
+    code = "unknown_user"
+
+
+class BalanceOverflow(LedgerError):
+    code = "balance_overflow"
+
+
+class OwnerChanged(TransientError):
+    """An experiment changed owner between reading and locking it; run the batch again."""
+
+    code = "owner_changed"
+
+
+@dataclass(frozen=True)
+class Posting:
+    """A credit movement to record. `amount` is in credits; its sign is fixed by `type`."""
+
+    user_id: str
+    type: TransactionType
+    amount: int
+    description: str
+    idempotency_key: str
+    metadata: Mapping[str, Any] | None = None
+    experiment_id: str | None = None
+    stripe_payment_id: str | None = None
+    stripe_checkout_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PostedTransaction:
+    """The row a posting's key maps to. `created` is False when the key had been posted before."""
+
+    transaction_id: str
+    idempotency_key: str
+    user_id: str
+    type: TransactionType
+    amount: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    """One call's usage: `exact_credits` is its exact, fractional cost in credits (>= 0)."""
+
+    event_id: str
+    experiment_id: str
+    exact_credits: Decimal
+    description: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UsageOutcome:
+    """What a usage batch did. Balances are in credits, after the batch."""
+
+    charged: list[str] = field(default_factory=list)
+    unbilled: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unknown_experiments: list[str] = field(default_factory=list)
+    amounts: dict[str, int] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
+    owners: dict[str, str | None] = field(default_factory=dict)
+
+
+def check_amount(type_: TransactionType, amount: int) -> None:
+    """Raise `InvalidAmount` unless `amount` is an int32 with the sign its type requires."""
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmount(f"amount must be a whole number of credits, not {amount!r}")
+    if not INT32_MIN <= amount <= INT32_MAX:
+        raise InvalidAmount(f"amount {amount} does not fit a 32-bit INTEGER column")
+    allowed = {
+        TransactionType.PURCHASE: (amount > 0, "greater than 0"),
+        TransactionType.REFUND: (amount > 0, "greater than 0"),
+        TransactionType.USAGE: (amount <= 0, "0 or less"),
+        TransactionType.ADJUSTMENT: (amount != 0, "not 0"),
+    }
+    ok, rule = allowed[type_]
+    if not ok:
+        raise InvalidAmount(f"{type_.value} amounts must be {rule}, got {amount}")
+
+
+async def post(session: AsyncSession, posting: Posting) -> PostedTransaction:
+    """Record one posting and move the user's balance, or return the first posting of its key."""
+    (result,) = await post_many(session, [posting])
+    return result
+
+
+async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[PostedTransaction]:
+    """Record postings (to one or many users) in the caller's transaction, in one statement.
+
+    Returns one result per posting, in order. A key seen before (in the database or earlier in the
+    same call) yields the first row for that key and moves nothing.
+    """
+    for posting in postings:
+        check_amount(posting.type, posting.amount)
+    balances = await _lock_users(session, {p.user_id for p in postings})
+    first_by_key: dict[str, Posting] = {}
+    for posting in postings:
+        first_by_key.setdefault(posting.idempotency_key, posting)
+    candidates = list(first_by_key.values())
+    ids = [cuid() for _ in candidates]
+    inserted_keys = await _insert_transactions(
+        session,
+        ids=ids,
+        user_ids=[p.user_id for p in candidates],
+        types=[p.type.value for p in candidates],
+        amounts=[p.amount for p in candidates],
+        descriptions=[p.description for p in candidates],
+        metadata=[_json(p.metadata) for p in candidates],
+        keys=[p.idempotency_key for p in candidates],
+        experiment_ids=[p.experiment_id for p in candidates],
+        payment_ids=[p.stripe_payment_id for p in candidates],
+        checkout_ids=[p.stripe_checkout_id for p in candidates],
+    )
+    deltas: dict[str, int] = defaultdict(int)
+    results: dict[str, PostedTransaction] = {}
+    for posting, row_id in zip(candidates, ids, strict=True):
+        if posting.idempotency_key in inserted_keys:
+            deltas[posting.user_id] += posting.amount
+            results[posting.idempotency_key] = PostedTransaction(
+                row_id, posting.idempotency_key, posting.user_id, posting.type, posting.amount, True
+            )
+    await _apply_user_deltas(session, balances, deltas)
+    missing = [key for key in first_by_key if key not in results]
+    results.update(await _existing_transactions(session, missing))
+    return [results[p.idempotency_key] for p in postings]
+
+
+async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) -> UsageOutcome:
+    """Record a batch of usage exactly once, in the caller's transaction.
+
+    Each experiment's `exactCreditsUsed` grows by the exact cost of each new charge; each USAGE row
+    is charged the whole credits that growth makes due (`money.credits_due`), so an experiment is
+    charged `ceil(exact total)` credits overall. Charges of experiments without a user go to
+    `UnbilledUsage`. Charges of unknown experiments are returned, not recorded. Balances may go
+    negative: usage already incurred is always recorded.
+    """
+    outcome = UsageOutcome()
+    if not charges:
+        return outcome
+    experiment_ids = sorted({c.experiment_id for c in charges})
+    owners = await _experiment_owners(session, experiment_ids)
+    balances = await _lock_users(session, {u for u in owners.values() if u is not None})
+    experiments = await _lock_experiments(session, sorted(owners))
+    if any(experiments[e][0] != owners[e] for e in owners):
+        raise OwnerChanged("an experiment changed owner while its usage was being charged")
+    outcome.owners = dict(owners)
+    outcome.unknown_experiments = [c.event_id for c in charges if c.experiment_id not in owners]
+
+    known = _first_per_event([c for c in charges if c.experiment_id in owners])
+    fresh = await _not_yet_recorded(session, known, owners)
+    billed = [c for c in fresh if owners[c.experiment_id] is not None]
+    unbilled = [c for c in fresh if owners[c.experiment_id] is None]
+    while True:
+        amounts, exact_totals = _carry(fresh, experiments)
+        async with session.begin_nested() as savepoint:
+            charged = await _insert_usage_rows(session, billed, owners, amounts)
+            recorded_unbilled = await _insert_unbilled_rows(session, unbilled, amounts)
+            if len(charged) == len(billed) and len(recorded_unbilled) == len(unbilled):
+                break
+            # A concurrent writer recorded some of these events first: their amounts were part of
+            # the carry just computed, so recompute without them.
+            await savepoint.rollback()
+        billed = [c for c in billed if c.event_id in charged]
+        unbilled = [c for c in unbilled if c.event_id in recorded_unbilled]
+        fresh = billed + unbilled
+
+    user_deltas: dict[str, int] = defaultdict(int)
+    experiment_deltas: dict[str, int] = defaultdict(int)
+    for charge in fresh:
+        owner = owners[charge.experiment_id]
+        if owner is not None:
+            user_deltas[owner] += amounts[charge.event_id]
+        experiment_deltas[charge.experiment_id] -= amounts[charge.event_id]
+    await _apply_user_deltas(session, balances, user_deltas)
+    await _apply_experiment_deltas(session, experiments, experiment_deltas, exact_totals)
+
+    outcome.charged = [c.event_id for c in billed]
+    outcome.unbilled = [c.event_id for c in unbilled]
+    recorded = {c.event_id for c in fresh}
+    outcome.duplicates = [
+        c.event_id for c in charges if c.experiment_id in owners and c.event_id not in recorded
+    ]
+    outcome.amounts = {c.event_id: amounts[c.event_id] for c in fresh}
+    outcome.balances = balances
+    return outcome
+
+
+def _first_per_event(charges: Sequence[UsageCharge]) -> list[UsageCharge]:
+    seen: set[str] = set()
+    unique = []
+    for charge in charges:
+        if charge.event_id not in seen:
+            seen.add(charge.event_id)
+            unique.append(charge)
+    return unique
+
+
+def _carry(
+    charges: Sequence[UsageCharge], experiments: Mapping[str, tuple[str | None, int, Decimal]]
+) -> tuple[dict[str, int], dict[str, Decimal]]:
+    """Per-event amounts (credits, <= 0) and each experiment's new exact total, in batch order."""
+    totals = {experiment_id: state[2] for experiment_id, state in experiments.items()}
+    amounts: dict[str, int] = {}
+    for charge in charges:
+        if charge.exact_credits < 0:
+            raise InvalidAmount(f"usage cost of event {charge.event_id} is negative")
+        before = totals[charge.experiment_id]
+        amounts[charge.event_id] = -credits_due(before, charge.exact_credits)
+        totals[charge.experiment_id] = before + charge.exact_credits
+    return amounts, totals
+
+
+async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, int]:
+    """Lock users in id order; return their balances. Raises `UnknownUser` for a missing id."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(
+        text(
+            'SELECT id, credits FROM "User" WHERE id = ANY(:ids) ORDER BY id FOR UPDATE'
+        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+        {"ids": sorted(user_ids)},
+    )
+    balances = {row.id: row.credits for row in rows}
+    missing = sorted(user_ids - balances.keys())
+    if missing:
+        raise UnknownUser(f"no user with id {', '.join(missing)}")
+    return balances
+
+
+async def _experiment_owners(session: AsyncSession, ids: list[str]) -> dict[str, str | None]:
+    rows = await session.execute(
+        text('SELECT id, "userId" FROM "MAACExperiment" WHERE id = ANY(:ids)').bindparams(
+            bindparam("ids", type_=ARRAY(Text))
+        ),
+        {"ids": ids},
+    )
+    return {row.id: row.userId for row in rows}
+
+
+async def _lock_experiments(
+    session: AsyncSession, ids: list[str]
+) -> dict[str, tuple[str | None, int, Decimal]]:
+    """Lock experiments in id order: owner, creditsUsed and exactCreditsUsed of each."""
+    rows = await session.execute(
+        text(
+            'SELECT id, "userId", "creditsUsed", "exactCreditsUsed" FROM "MAACExperiment" '
+            "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+        {"ids": ids},
+    )
+    return {row.id: (row.userId, row.creditsUsed, row.exactCreditsUsed) for row in rows}
+
+
+async def _not_yet_recorded(
+    session: AsyncSession, charges: list[UsageCharge], owners: Mapping[str, str | None]
+) -> list[UsageCharge]:
+    """Drop events already recorded in the table other than the one they would go to now.
+
+    An event first recorded while its experiment had no user (UnbilledUsage) must not be charged
+    when redelivered after a user was set, and the reverse. Under the experiment locks held here
+    this read cannot race; duplicates within one table are left to the unique indexes.
+    """
+    billed_ids = [c.event_id for c in charges if owners[c.experiment_id] is not None]
+    unbilled_ids = [c.event_id for c in charges if owners[c.experiment_id] is None]
+    seen: set[str] = set()
+    if billed_ids:
+        seen |= set(
+            await session.scalars(
+                text(
+                    'SELECT "eventId" FROM "UnbilledUsage" WHERE "eventId" = ANY(:ids)'
+                ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+                {"ids": billed_ids},
+            )
+        )
+    if unbilled_ids:
+        seen |= set(
+            await session.scalars(
+                text(
+                    'SELECT "idempotencyKey" FROM "CreditTransaction" '
+                    'WHERE "idempotencyKey" = ANY(:ids)'
+                ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+                {"ids": unbilled_ids},
+            )
+        )
+    return [c for c in charges if c.event_id not in seen]
+
+
+_INSERT_TRANSACTIONS = text(
+    'INSERT INTO "CreditTransaction" (id, "userId", type, amount, description, metadata, '
+    '"idempotencyKey", "experimentId", "stripePaymentId", "stripeCheckoutId") '
+    'SELECT t.id, t.user_id, t.type::"TransactionType", t.amount, t.description, '
+    "t.metadata::jsonb, t.key, t.experiment_id, t.payment_id, t.checkout_id "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:user_ids AS text[]), CAST(:types AS text[]), "
+    "CAST(:amounts AS int[]), CAST(:descriptions AS text[]), CAST(:metadata AS text[]), "
+    "CAST(:keys AS text[]), CAST(:experiment_ids AS text[]), CAST(:payment_ids AS text[]), "
+    "CAST(:checkout_ids AS text[])) "
+    "AS t(id, user_id, type, amount, description, metadata, key, experiment_id, payment_id, "
+    "checkout_id) "
+    'ON CONFLICT ("idempotencyKey") DO NOTHING RETURNING "idempotencyKey"'
+).bindparams(
+    *(
+        bindparam(name, type_=ARRAY(Text))
+        for name in (
+            "ids",
+            "user_ids",
+            "types",
+            "descriptions",
+            "metadata",
+            "keys",
+            "experiment_ids",
+            "payment_ids",
+            "checkout_ids",
+        )
+    ),
+    bindparam("amounts", type_=ARRAY(Integer)),
+)
+
+
+async def _insert_transactions(session: AsyncSession, **columns: list[Any]) -> set[str]:
+    """Multi-row insert skipping taken idempotency keys; returns the keys actually inserted."""
+    if not columns["ids"]:
+        return set()
+    return set(await session.scalars(_INSERT_TRANSACTIONS, columns))
+
+
+async def _insert_usage_rows(
+    session: AsyncSession,
+    charges: Sequence[UsageCharge],
+    owners: Mapping[str, str | None],
+    amounts: Mapping[str, int],
+) -> set[str]:
+    none: list[str | None] = [None] * len(charges)
+    return await _insert_transactions(
+        session,
+        ids=[cuid() for _ in charges],
+        user_ids=[owners[c.experiment_id] for c in charges],
+        types=[TransactionType.USAGE.value] * len(charges),
+        amounts=[amounts[c.event_id] for c in charges],
+        descriptions=[c.description for c in charges],
+        metadata=[_json(c.metadata) for c in charges],
+        keys=[c.event_id for c in charges],
+        experiment_ids=[c.experiment_id for c in charges],
+        payment_ids=none,
+        checkout_ids=none,
+    )
+
+
+_INSERT_UNBILLED = text(
+    'INSERT INTO "UnbilledUsage" ("eventId", "experimentId", amount, metadata) '
+    "SELECT t.event_id, t.experiment_id, t.amount, t.metadata::jsonb "
+    "FROM unnest(CAST(:event_ids AS text[]), CAST(:experiment_ids AS text[]), "
+    "CAST(:amounts AS int[]), CAST(:metadata AS text[])) "
+    "AS t(event_id, experiment_id, amount, metadata) "
+    'ON CONFLICT ("eventId") DO NOTHING RETURNING "eventId"'
+).bindparams(
+    bindparam("event_ids", type_=ARRAY(Text)),
+    bindparam("experiment_ids", type_=ARRAY(Text)),
+    bindparam("amounts", type_=ARRAY(Integer)),
+    bindparam("metadata", type_=ARRAY(Text)),
+)
+
+
+async def _insert_unbilled_rows(
+    session: AsyncSession, charges: Sequence[UsageCharge], amounts: Mapping[str, int]
+) -> set[str]:
+    if not charges:
+        return set()
+    rows = await session.scalars(
+        _INSERT_UNBILLED,
+        {
+            "event_ids": [c.event_id for c in charges],
+            "experiment_ids": [c.experiment_id for c in charges],
+            "amounts": [amounts[c.event_id] for c in charges],
+            "metadata": [_json(c.metadata) for c in charges],
+        },
+    )
+    return set(rows)
+
+
+async def _apply_user_deltas(
+    session: AsyncSession, balances: dict[str, int], deltas: Mapping[str, int]
+) -> None:
+    """Add each user's summed amounts to its balance in one statement; `balances` is updated."""
+    changed = {user_id: delta for user_id, delta in deltas.items() if delta}
+    for user_id, delta in changed.items():
+        after = balances[user_id] + delta
+        if not INT32_MIN <= after <= INT32_MAX:
+            raise BalanceOverflow(
+                f"balance of user {user_id} would be {after}, beyond a 32-bit INTEGER"
+            )
+        balances[user_id] = after
+    if not changed:
+        return
+    await session.execute(
+        text(
+            'UPDATE "User" AS u SET credits = u.credits + d.delta, "updatedAt" = now() '
+            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS int[])) AS d(id, delta) "
+            "WHERE u.id = d.id"
+        ).bindparams(
+            bindparam("ids", type_=ARRAY(Text)), bindparam("deltas", type_=ARRAY(Integer))
+        ),
+        {"ids": list(changed), "deltas": list(changed.values())},
+    )
+
+
+async def _apply_experiment_deltas(
+    session: AsyncSession,
+    experiments: Mapping[str, tuple[str | None, int, Decimal]],
+    deltas: Mapping[str, int],
+    exact_totals: Mapping[str, Decimal],
+) -> None:
+    changed = [e for e in deltas if exact_totals[e] != experiments[e][2] or deltas[e]]
+    for experiment_id in changed:
+        if experiments[experiment_id][1] + deltas[experiment_id] > INT32_MAX:
+            raise BalanceOverflow(f"creditsUsed of experiment {experiment_id} would overflow")
+    if not changed:
+        return
+    await session.execute(
+        text(
+            'UPDATE "MAACExperiment" AS e SET "creditsUsed" = e."creditsUsed" + d.delta, '
+            '"exactCreditsUsed" = d.exact, "updatedAt" = now() '
+            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS int[]), CAST(:exact AS numeric[])) "
+            "AS d(id, delta, exact) WHERE e.id = d.id"
+        ).bindparams(
+            bindparam("ids", type_=ARRAY(Text)),
+            bindparam("deltas", type_=ARRAY(Integer)),
+            bindparam("exact", type_=ARRAY(Numeric)),
+        ),
+        {
+            "ids": changed,
+            "deltas": [deltas[e] for e in changed],
+            "exact": [exact_totals[e] for e in changed],
+        },
+    )
+
+
+async def _existing_transactions(
+    session: AsyncSession, keys: list[str]
+) -> dict[str, PostedTransaction]:
+    if not keys:
+        return {}
+    rows = await session.execute(
+        text(
+            'SELECT id, "idempotencyKey", "userId", type, amount FROM "CreditTransaction" '
+            'WHERE "idempotencyKey" = ANY(:keys)'
+        ).bindparams(bindparam("keys", type_=ARRAY(Text))),
+        {"keys": keys},
+    )
+    return {
+        row.idempotencyKey: PostedTransaction(
+            row.id, row.idempotencyKey, row.userId, TransactionType(row.type), row.amount, False
+        )
+        for row in rows
+    }
+
+
+def _json(metadata: Mapping[str, Any] | None) -> str | None:
+    return None if metadata is None else json.dumps(metadata, separators=(",", ":"))

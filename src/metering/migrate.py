@@ -1,0 +1,113 @@
+"""Alembic, driven from code: `metering db upgrade|downgrade`, the start-up check and the tests."""
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import make_url, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from metering.db import create_engine, first_line
+from metering.errors import DatabaseNotMigrated, DatabaseUnavailable
+from metering.settings import to_asyncpg_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for our `migrations/` folder."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision id."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade_async(database_url: str, revision: str = "head") -> None:
+    """Migrate up to `revision` (from inside a running event loop)."""
+    await _run_command(database_url, lambda config: command.upgrade(config, revision))
+
+
+async def downgrade_async(database_url: str, revision: str = "-1") -> None:
+    """Migrate down to `revision` (from inside a running event loop)."""
+    await _run_command(database_url, lambda config: command.downgrade(config, revision))
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    asyncio.run(upgrade_async(database_url, revision))
+
+
+def downgrade(database_url: str, revision: str = "-1") -> None:
+    asyncio.run(downgrade_async(database_url, revision))
+
+
+async def _run_command(database_url: str, run: Callable[[Config], None]) -> None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+
+            def on_connection(sync_connection: Connection) -> None:
+                config = alembic_config()
+                config.attributes["connection"] = sync_connection
+                run(config)
+
+            await connection.run_sync(on_connection)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def database_name(database_url: str) -> str:
+    return make_url(to_asyncpg_url(database_url)).database or ""
+
+
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in the URL if it does not exist; True if it was created."""
+    url = make_url(to_asyncpg_url(database_url))
+    name = url.database or ""
+    engine = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if exists:
+                return False
+            quoted = name.replace('"', '""')
+            await connection.execute(text(f'CREATE DATABASE "{quoted}"'))
+            return True
+    except (OSError, DBAPIError) as error:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {url.host}:{url.port}: {first_line(error)}"
+        ) from error
+    finally:
+        await engine.dispose()
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Fail with a one-line error unless the database is reachable and fully migrated."""
+    try:
+        async with engine.connect() as connection:
+            table = await connection.scalar(text("SELECT to_regclass('public.alembic_version')"))
+            current = None
+            if table is not None:
+                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    except (OSError, DBAPIError) as error:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {engine.url.render_as_string(hide_password=True)}: "
+            f"{first_line(error)}"
+        ) from error
+    head = head_revision()
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"database {engine.url.database!r} is at migration {current or 'none'}, "
+            f"expected {head}: run `metering db upgrade`"
+        )

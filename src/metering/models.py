@@ -1,0 +1,218 @@
+"""ORM models: exactly the tables Prisma creates from the platform's schema, plus our additions.
+
+Table, column, enum, index and constraint names follow Prisma's conventions because the platform's
+Node API reads and writes the same tables. Columns and tables marked "ours" are additions,
+mirrored in docs/schema.md as Prisma lines. Credits are integers (1 credit = $0.001); exact
+fractional credits are NUMERIC(38, 18).
+"""
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from metering.ids import cuid
+
+TIMESTAMP_MS = TIMESTAMP(precision=3)
+"""Prisma's `DateTime`: TIMESTAMP(3) without time zone, holding UTC."""
+EXACT_CREDITS = Numeric(38, 18)
+"""Exact fractional credits (1 credit = $0.001), e.g. an experiment's running cost."""
+
+
+class Base(DeclarativeBase):
+    """Declarative base; keys, indexes and constraints carry the names Prisma gives them."""
+
+    metadata = MetaData(naming_convention={"pk": "%(table_name)s_pkey"})
+
+
+class TransactionType(enum.StrEnum):
+    """Prisma enum `TransactionType`; the sign of `amount` is fixed per type (see ledger)."""
+
+    PURCHASE = "PURCHASE"
+    USAGE = "USAGE"
+    REFUND = "REFUND"
+    ADJUSTMENT = "ADJUSTMENT"
+
+
+def _id() -> Mapped[str]:
+    return mapped_column("id", Text, primary_key=True, default=cuid)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(
+        "createdAt", TIMESTAMP_MS, nullable=False, server_default=text("CURRENT_TIMESTAMP")
+    )
+
+
+def _updated_at() -> Mapped[datetime]:
+    # Prisma's @updatedAt has no database default: the client sets it on every write, as we do.
+    return mapped_column(
+        "updatedAt", TIMESTAMP_MS, nullable=False, default=func.now(), onupdate=func.now()
+    )
+
+
+class User(Base):
+    """A platform user; `credits` is the balance and always equals the sum of its transactions."""
+
+    __tablename__ = "User"
+    __table_args__ = (
+        Index("User_email_key", "email", unique=True),
+        Index("User_email_idx", "email"),
+    )
+
+    id: Mapped[str] = _id()
+    email: Mapped[str] = mapped_column("email", Text, nullable=False)
+    name: Mapped[str | None] = mapped_column("name", Text)
+    credits: Mapped[int] = mapped_column("credits", Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class CreditTransaction(Base):
+    """One append-only ledger row. Rows are never updated: corrections are new rows.
+
+    `amount` is in credits: PURCHASE and REFUND > 0, USAGE <= 0, ADJUSTMENT != 0.
+    Ours: `idempotencyKey` (unique; usage: the event id, purchase: the Checkout session id,
+    clawback: the Stripe refund or dispute id) and `experimentId` (the experiment a USAGE or REFUND
+    row belongs to, also kept in `metadata.experimentId` for the platform).
+    """
+
+    __tablename__ = "CreditTransaction"
+    __table_args__ = (
+        Index("CreditTransaction_userId_createdAt_idx", "userId", "createdAt"),
+        Index("CreditTransaction_type_idx", "type"),
+        Index("CreditTransaction_idempotencyKey_key", "idempotencyKey", unique=True),
+        Index("CreditTransaction_experimentId_idx", "experimentId"),
+        Index("CreditTransaction_stripePaymentId_idx", "stripePaymentId"),
+    )
+
+    id: Mapped[str] = _id()
+    user_id: Mapped[str] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "User.id",
+            name="CreditTransaction_userId_fkey",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+        ),
+        nullable=False,
+    )
+    type: Mapped[TransactionType] = mapped_column(
+        "type",
+        Enum(
+            TransactionType, name="TransactionType", values_callable=lambda e: [m.value for m in e]
+        ),
+        nullable=False,
+    )
+    amount: Mapped[int] = mapped_column("amount", Integer, nullable=False)
+    description: Mapped[str] = mapped_column("description", Text, nullable=False)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    stripe_payment_id: Mapped[str | None] = mapped_column("stripePaymentId", Text)
+    stripe_checkout_id: Mapped[str | None] = mapped_column("stripeCheckoutId", Text)
+    created_at: Mapped[datetime] = _created_at()
+    idempotency_key: Mapped[str | None] = mapped_column("idempotencyKey", Text)
+    experiment_id: Mapped[str | None] = mapped_column("experimentId", Text)
+
+
+class MAACExperiment(Base):
+    """An experiment of the platform. Billing fields come from the platform's schema.
+
+    `name`, `status`, `createdAt` and `updatedAt` stand in for the platform's existing fields.
+    Ours: `exactCreditsUsed`, the exact fractional credits of all its usage; `creditsUsed` is always
+    its ceiling (the carry rule in docs/pricing.md).
+    """
+
+    __tablename__ = "MAACExperiment"
+    __table_args__ = (Index("MAACExperiment_userId_idx", "userId"),)
+
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column("name", Text, nullable=False)
+    status: Mapped[str] = mapped_column("status", Text, nullable=False, server_default="pending")
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    user_id: Mapped[str | None] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "User.id",
+            name="MAACExperiment_userId_fkey",
+            ondelete="SET NULL",
+            onupdate="CASCADE",
+        ),
+    )
+    api_key_mode: Mapped[str] = mapped_column(
+        "apiKeyMode", Text, nullable=False, server_default="system"
+    )
+    credits_used: Mapped[int] = mapped_column(
+        "creditsUsed", Integer, nullable=False, server_default="0"
+    )
+    estimated_credits: Mapped[int | None] = mapped_column("estimatedCredits", Integer)
+    exact_credits_used: Mapped[Decimal] = mapped_column(
+        "exactCreditsUsed", EXACT_CREDITS, nullable=False, server_default="0"
+    )
+
+
+class UnbilledUsage(Base):
+    """Ours. Usage of an experiment that has no user: counted in `creditsUsed`, charged to nobody.
+
+    Keyed by the event id, so such an event is recorded exactly once like a USAGE row.
+    `amount` is in credits and <= 0, as a USAGE row's would be.
+    """
+
+    __tablename__ = "UnbilledUsage"
+    __table_args__ = (Index("UnbilledUsage_experimentId_idx", "experimentId"),)
+
+    event_id: Mapped[str] = mapped_column("eventId", Text, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(
+        "experimentId",
+        Text,
+        ForeignKey(
+            "MAACExperiment.id",
+            name="UnbilledUsage_experimentId_fkey",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+        ),
+        nullable=False,
+    )
+    amount: Mapped[int] = mapped_column("amount", Integer, nullable=False)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class StripeEvent(Base):
+    """Ours. Every Stripe webhook event received, stored raw before it is processed.
+
+    Keyed by Stripe's event id, so a repeated delivery stores nothing new. `processedAt` is set
+    once its handler has committed; `attempts` and `lastError` show failures to operators.
+    """
+
+    __tablename__ = "StripeEvent"
+    __table_args__ = (Index("StripeEvent_processedAt_receivedAt_idx", "processedAt", "receivedAt"),)
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    type: Mapped[str] = mapped_column("type", Text, nullable=False)
+    livemode: Mapped[bool] = mapped_column("livemode", Boolean, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column("payload", JSONB, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(
+        "receivedAt", TIMESTAMP_MS, nullable=False, server_default=text("CURRENT_TIMESTAMP")
+    )
+    processed_at: Mapped[datetime | None] = mapped_column("processedAt", TIMESTAMP_MS)
+    outcome: Mapped[str | None] = mapped_column("outcome", Text)
+    attempts: Mapped[int] = mapped_column("attempts", Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column("lastError", Text)

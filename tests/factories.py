@@ -1,0 +1,89 @@
+"""Small helpers that make test data and throwaway databases."""
+
+import asyncio
+import os
+import uuid
+
+from sqlalchemy import func, insert, make_url, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from metering import ledger
+from metering.models import MAACExperiment, TransactionType, User
+from metering.settings import to_asyncpg_url
+
+SERVER_URL = os.environ.get(
+    "METERING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def admin_url() -> str:
+    return SERVER_URL
+
+
+def _database_url(name: str) -> str:
+    return (
+        make_url(to_asyncpg_url(SERVER_URL))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+        .replace("postgresql+asyncpg://", "postgresql://")
+    )
+
+
+async def _admin(statement: str) -> None:
+    engine = create_async_engine(to_asyncpg_url(SERVER_URL), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def create_database(name: str) -> str:
+    """Create an empty database and return its `postgresql://` URL."""
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    return _database_url(name)
+
+
+def drop_database(url: str) -> None:
+    name = make_url(to_asyncpg_url(url)).database
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def create_user(session: AsyncSession, credits: int = 0) -> str:
+    """A new user; `credits` arrive through a PURCHASE so the ledger stays consistent."""
+    user_id = unique("user")
+    await session.execute(
+        insert(User).values(id=user_id, email=f"{user_id}@example.com", updated_at=func.now())
+    )
+    if credits:
+        await ledger.post(
+            session,
+            ledger.Posting(
+                user_id=user_id,
+                type=TransactionType.PURCHASE,
+                amount=credits,
+                description="test purchase",
+                idempotency_key=unique("purchase"),
+            ),
+        )
+    return user_id
+
+
+async def create_experiment(
+    session: AsyncSession, user_id: str | None, api_key_mode: str = "system"
+) -> str:
+    experiment_id = unique("exp")
+    await session.execute(
+        insert(MAACExperiment).values(
+            id=experiment_id,
+            name=f"experiment {experiment_id}",
+            user_id=user_id,
+            api_key_mode=api_key_mode,
+            updated_at=func.now(),
+        )
+    )
+    return experiment_id
