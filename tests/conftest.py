@@ -9,15 +9,41 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from metering import migrate
 from metering.db import create_engine, make_sessionmaker
+from metering.settings import get_settings
 from tests.factories import create_database, drop_database
+
+REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_prefix() -> Iterator[str]:
+    """This run's Redis key prefix: every key the service and Celery write starts with it."""
+    prefix = f"metering-test-{RUN_ID}"
+    os.environ.update(REDIS_URL=REDIS_URL, METERING_REDIS_PREFIX=prefix)
+    get_settings.cache_clear()
+    yield prefix
+    client = SyncRedis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
 
 
 def _new_database(kind: str) -> str:
-    return create_database(f"metering_{kind}_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    return create_database(f"metering_{kind}_{RUN_ID.replace('-', '_')}_{uuid.uuid4().hex[:4]}")
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +53,7 @@ def database_url() -> Iterator[str]:
     migrate.upgrade(url)
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
     try:
         yield url
     finally:
@@ -34,6 +61,7 @@ def database_url() -> Iterator[str]:
             os.environ.pop("DATABASE_URL", None)
         else:
             os.environ["DATABASE_URL"] = previous
+        get_settings.cache_clear()
         drop_database(url)
 
 

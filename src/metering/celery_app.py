@@ -1,0 +1,62 @@
+"""The Celery application: queues `usage` and `stripe`, at-least-once delivery, the beat schedule.
+
+Tasks acknowledge late and are rejected (redelivered) when their worker dies, so every task must be
+idempotent; the ledger's idempotency keys make them so. Each worker child process builds its own
+event loop, engine and Redis client after the fork (`metering.tasks.runtime`).
+"""
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+from kombu.entity import Queue
+
+from metering import keys
+from metering.settings import get_settings
+from metering.tasks import runtime
+
+USAGE_QUEUE = "usage"
+STRIPE_QUEUE = "stripe"
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    celery = Celery("metering", include=["metering.tasks.usage", "metering.tasks.stripe"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "global_keyprefix": keys.celery_prefix(settings.metering_redis_prefix),
+            "visibility_timeout": 3600,
+        },
+        task_queues=[Queue(USAGE_QUEUE), Queue(STRIPE_QUEUE)],
+        task_default_queue=USAGE_QUEUE,
+        task_routes={
+            "metering.usage.*": {"queue": USAGE_QUEUE},
+            "metering.stripe.*": {"queue": STRIPE_QUEUE},
+        },
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        timezone="UTC",
+        beat_schedule={},
+    )
+    return celery
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _open_runtime(**_: Any) -> None:
+    runtime.get_runtime()
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    runtime.close_runtime()
