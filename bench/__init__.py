@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline against its ceiling and the naive design."""
