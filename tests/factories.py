@@ -16,11 +16,8 @@ SERVER_URL = os.environ.get(
 )
 
 
-def admin_url() -> str:
-    return SERVER_URL
-
-
-def _database_url(name: str) -> str:
+def server_database_url(name: str) -> str:
+    """The `postgresql://` URL of database `name` on the test server (which may not exist yet)."""
     return (
         make_url(to_asyncpg_url(SERVER_URL))
         .set(database=name)
@@ -41,7 +38,7 @@ async def _admin(statement: str) -> None:
 def create_database(name: str) -> str:
     """Create an empty database and return its `postgresql://` URL."""
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    return _database_url(name)
+    return server_database_url(name)
 
 
 def drop_database(url: str) -> None:

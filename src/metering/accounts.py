@@ -87,6 +87,7 @@ async def refund_experiment(
     session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str | None = None
 ) -> ledger.PostedTransaction:
     """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run)."""
+    ledger.check_amount(TransactionType.REFUND, credits)
     experiment = await find_experiment(session, experiment_id)
     if experiment.user_id is None:
         raise PermanentError(f"experiment {experiment_id!r} has no user to refund", code="no_owner")
@@ -108,6 +109,7 @@ async def adjust_user(
     session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str | None = None
 ) -> ledger.PostedTransaction:
     """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative)."""
+    ledger.check_amount(TransactionType.ADJUSTMENT, credits)
     user = await find_user(session, id_or_email)
     return await ledger.post(
         session,

@@ -1,0 +1,146 @@
+"""The `metering` command as an operator runs it: a real process against a real database."""
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from metering.db import create_engine
+from tests.factories import drop_database, server_database_url
+
+METERING = str(Path(sys.executable).parent / "metering")
+
+
+def metering(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [METERING, *args],
+        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def new_database_url() -> Iterator[str]:
+    """The URL of a database that does not exist yet; dropped afterwards."""
+    url = server_database_url(f"metering_cli_{uuid.uuid4().hex[:10]}")
+    yield url
+    drop_database(url)
+
+
+async def execute(url: str, statement: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_operator_session_from_creation_to_reconcile(new_database_url: str) -> None:
+    url = new_database_url
+    created = metering("db", "upgrade", database_url=url)
+    assert created.returncode == 0, created.stderr
+    assert "created database" in created.stdout
+
+    for _ in range(2):
+        seeded = metering("seed", "--json", database_url=url)
+        assert seeded.returncode == 0, seeded.stderr
+    assert json.loads(seeded.stdout)["created"] is False
+
+    shown = metering("balance", "test@example.com", "--json", database_url=url)
+    balance = json.loads(shown.stdout)
+    assert balance["credits"] == 10_000
+    assert balance["email"] == "test@example.com"
+
+    adjusted = metering(
+        "adjust",
+        "test@example.com",
+        "--credits",
+        "-250",
+        "--reason",
+        "goodwill",
+        "--key",
+        "k1",
+        database_url=url,
+    )
+    assert adjusted.returncode == 0, adjusted.stderr
+    again = metering(
+        "adjust",
+        "test@example.com",
+        "--credits",
+        "-250",
+        "--reason",
+        "goodwill",
+        "--key",
+        "k1",
+        database_url=url,
+    )
+    assert "nothing changed" in again.stdout
+
+    user_id = balance["user_id"]
+    await execute(
+        url,
+        'INSERT INTO "MAACExperiment" (id, name, "userId", "updatedAt") '
+        f"VALUES ('exp-cli', 'cli', '{user_id}', now())",
+    )
+    refunded = metering(
+        "refund",
+        "exp-cli",
+        "--credits",
+        "40",
+        "--reason",
+        "provider outage",
+        "--json",
+        database_url=url,
+    )
+    assert json.loads(refunded.stdout)["type"] == "REFUND"
+    final = json.loads(metering("balance", user_id, "--json", database_url=url).stdout)
+    assert final["credits"] == 10_000 - 250 + 40
+
+    clean = metering("reconcile", database_url=url)
+    assert clean.returncode == 0, clean.stderr
+
+    await execute(url, 'UPDATE "User" SET credits = credits + 1')
+    broken = metering("reconcile", database_url=url)
+    assert broken.returncode == 1
+    assert f"user {user_id}: credits = 9791 but its transactions sum to 9790" in broken.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("adjust", "test@example.com", "--credits", "0", "--reason", "x"), "must be not 0"),
+        (("balance", "nobody@example.com"), "no user with id or email 'nobody@example.com'"),
+        (("refund", "no-such-experiment", "--credits", "5", "--reason", "x"), "no experiment"),
+    ],
+)
+def test_bad_requests_get_one_line_errors(
+    database_url: str, args: tuple[str, ...], message: str
+) -> None:
+    result = metering(*args, database_url=database_url)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unmigrated_database_is_a_one_line_error(empty_database: str) -> None:
+    result = metering("reconcile", database_url=empty_database)
+    assert result.returncode == 2
+    assert "run `metering db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_a_one_line_error() -> None:
+    result = metering("seed", database_url="postgresql://postgres@127.0.0.1:1/nowhere")
+    assert result.returncode == 2
+    assert "cannot reach PostgreSQL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
