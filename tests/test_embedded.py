@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and Redis: used only when no services are configured, and never left behind."""
+"""Embedded PostgreSQL and Redis: used only when nothing is configured, never left behind."""
 
 import asyncio
 from pathlib import Path
@@ -68,8 +68,15 @@ def test_services_stop_when_the_block_fails(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     settings = _unconfigured(monkeypatch, tmp_path)
-    with pytest.raises(RuntimeError), local_services(settings, tmp_path / "data") as services:
-        pid = Redis.from_url(services.redis_url).info("server")["process_id"]
-        raise RuntimeError("boom")
+    pids = []
+
+    def fail_inside() -> None:
+        with local_services(settings, tmp_path / "data") as services:
+            pids.append(Redis.from_url(services.redis_url).info("server")["process_id"])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
+    (pid,) = pids
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert _processes_using(tmp_path / "data") == []
