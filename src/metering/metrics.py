@@ -1,0 +1,111 @@
+"""Prometheus metrics of the pipeline, the Stripe queue and alerts.
+
+Workers and the web app are separate processes (Celery prefork children, uvicorn workers), so
+metrics use prometheus-client's multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set: every
+process on a host writes to that folder and `/metrics` (or `metering metrics serve` on a host
+without the web app) adds them up. Stream gauges are read from Redis at scrape time.
+"""
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY, Collector
+
+USAGE_EVENTS = Counter(
+    "metering_usage_events_total",
+    "Usage events by outcome: received, charged, unbilled, duplicate, dead_lettered.",
+    ["outcome"],
+)
+DEAD_LETTERS = Counter(
+    "metering_dead_letters_total", "Usage events moved to the dead-letter stream.", ["reason"]
+)
+PAYLOAD_CONFLICTS = Counter(
+    "metering_event_conflicts_total",
+    "Events whose id was already charged with a different payload (the first stands).",
+)
+BATCH_SIZE = Histogram(
+    "metering_batch_size",
+    "Entries per drained batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+)
+BATCH_SECONDS = Histogram(
+    "metering_batch_seconds",
+    "Time to drain one batch: read, validate, price, commit, acknowledge.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENT_AGE_SECONDS = Histogram(
+    "metering_event_age_seconds",
+    "From an event's publication to the commit of its charge.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CREDITS_CHARGED = Counter(
+    "metering_credits_charged_total",
+    "Whole credits charged for usage, by provider and model.",
+    ["provider", "model"],
+)
+STRIPE_EVENTS = Counter(
+    "metering_stripe_events_total",
+    "Stripe events handled, by type and outcome.",
+    ["type", "outcome"],
+)
+HALT_FLAGS = Counter(
+    "metering_halt_flags_raised_total", "Experiments told to stop because of the balance."
+)
+LOW_BALANCE_ALERTS = Counter(
+    "metering_low_balance_alerts_total", "Users that crossed the low-balance threshold."
+)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One usage stream as Redis reports it for the consumer group."""
+
+    stream: str
+    length: int
+    pending: int
+    lag: int
+
+
+class StreamCollector(Collector):
+    """Gauges of the usage streams, read just before a scrape."""
+
+    def __init__(self, streams: Sequence[StreamStats], dead_letters: int) -> None:
+        self.streams = streams
+        self.dead_letters = dead_letters
+
+    def collect(self) -> Iterable[Metric]:
+        length = GaugeMetricFamily(
+            "metering_stream_length", "Entries in a usage stream.", labels=["stream"]
+        )
+        pending = GaugeMetricFamily(
+            "metering_stream_pending",
+            "Entries delivered to a consumer and not yet acknowledged.",
+            labels=["stream"],
+        )
+        lag = GaugeMetricFamily(
+            "metering_stream_lag", "Entries not yet delivered to any consumer.", labels=["stream"]
+        )
+        for stats in self.streams:
+            length.add_metric([stats.stream], stats.length)
+            pending.add_metric([stats.stream], stats.pending)
+            lag.add_metric([stats.stream], stats.lag)
+        yield from (length, pending, lag)
+        yield GaugeMetricFamily(
+            "metering_dead_letter_length", "Entries in the dead-letter stream.", self.dead_letters
+        )
+
+
+def render(extra: Collector | None = None) -> bytes:
+    """The Prometheus text exposition of this host's metrics, plus `extra` if given."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(REGISTRY)
+    if extra is not None:
+        registry.register(extra)
+    return generate_latest(registry)
