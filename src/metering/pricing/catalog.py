@@ -190,9 +190,13 @@ def load_catalog(path: Path | None = None) -> Catalog:
     return Catalog(data, f"{data.updated.isoformat()}+{digest}", path)
 
 
-@lru_cache(maxsize=8)
 def get_catalog(path: Path | None = None) -> Catalog:
     """The catalog at `path` (the packaged one when None), loaded once per path."""
+    return _cached_catalog(path)
+
+
+@lru_cache(maxsize=8)
+def _cached_catalog(path: Path | None) -> Catalog:
     return load_catalog(path)
 
 
