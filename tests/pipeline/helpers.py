@@ -19,7 +19,11 @@ from metering.reconcile import find_violations
 
 Sessions = async_sessionmaker[AsyncSession]
 OCCURRED_AT = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
-MODELS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4"), ("google", "gemini-2.5-flash")]
+MODELS = [
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4"),
+    ("google", "gemini-2.5-flash"),
+]
 
 
 def event(experiment_id: str, n: int = 0, **changes: Any) -> dict[str, Any]:
