@@ -44,7 +44,20 @@ def create_app() -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         timezone="UTC",
-        beat_schedule={},
+        # Per shard: a drain every second, a reclaim twice per claim idle time; stale sends expire.
+        beat_schedule={
+            f"usage-{verb}-{shard}": {
+                "task": f"metering.usage.{verb}",
+                "schedule": every_s,
+                "args": (shard,),
+                "options": {"expires": every_s * 5},
+            }
+            for verb, every_s in (
+                ("drain", 1.0),
+                ("reclaim", max(1.0, settings.metering_usage_claim_idle_ms / 2000)),
+            )
+            for shard in range(settings.metering_usage_shards)
+        },
     )
     return celery
 

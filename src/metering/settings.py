@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     """USD per million tokens charged for `apiKeyMode = own`."""
     metering_halt_threshold: int = 0
     """Credits: at or below this balance a user's running experiments are told to stop."""
+    metering_usage_batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Stream entries read per XREADGROUP and charged per database transaction."""
+    metering_usage_claim_idle_ms: int = Field(default=30_000, ge=100)
+    """A delivered, unacknowledged entry idle this long is reclaimed (its consumer died)."""
+    metering_usage_max_deliveries: int = Field(default=20, ge=2)
+    """An entry delivered more often than this is dead-lettered (it keeps failing)."""
+    metering_unknown_experiment_retry_s: int = Field(default=300, ge=0)
+    """Events of an experiment not (yet) in the database are retried this long, then dead-lettered."""
+    metering_drain_lock_ms: int = Field(default=15_000, ge=1_000)
+    """Lease of a shard's drain lock, renewed per batch; a dead drainer's lease lapses after it."""
+    metering_drain_budget_s: float = Field(default=10, gt=0)
+    """A drain task reads for at most this long, then hands over to a fresh task."""
 
     @field_validator("metering_markup", "metering_platform_fee_usd_per_million", mode="before")
     @classmethod
@@ -46,6 +58,18 @@ class Settings(BaseSettings):
         if isinstance(value, float):
             raise ValueError("give money as a string or integer, not a float")
         return value
+
+    @model_validator(mode="after")
+    def _retries_outlast_unknown_window(self) -> "Settings":
+        # An entry awaiting its experiment is redelivered once per claim interval; it must not
+        # hit the delivery limit before its retry window ends.
+        retry_ms = self.metering_unknown_experiment_retry_s * 1000
+        if self.metering_usage_max_deliveries * self.metering_usage_claim_idle_ms <= retry_ms:
+            raise ValueError(
+                "METERING_USAGE_MAX_DELIVERIES x METERING_USAGE_CLAIM_IDLE_MS must exceed "
+                "METERING_UNKNOWN_EXPERIMENT_RETRY_S"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:

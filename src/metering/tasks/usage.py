@@ -1,0 +1,43 @@
+"""Usage tasks: drain each shard's stream and reclaim stalled entries. Thin: the work is in
+`metering.drain`. Beat sends both for every shard; a drain that ran out of time budget with
+entries left sends itself again at once."""
+
+from typing import Any
+
+from metering import drain
+from metering.celery_app import app
+from metering.errors import TransientError
+from metering.tasks import runtime
+
+RETRY = {
+    "autoretry_for": (TransientError, ConnectionError, OSError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+    "acks_late": True,
+}
+
+
+def _config() -> drain.DrainConfig:
+    return drain.DrainConfig.from_settings(runtime.get_runtime().settings)
+
+
+@app.task(name="metering.usage.drain", **RETRY)
+def drain_task(shard: int = 0) -> dict[str, Any]:
+    """Charge the new entries of one shard's stream; chains itself while entries remain."""
+    current = runtime.get_runtime()
+    report = current.run(drain.drain_stream(current.redis, current.sessions, _config(), shard))
+    if report.more:
+        drain_task.delay(shard)
+    return report.summary()
+
+
+@app.task(name="metering.usage.reclaim", **RETRY)
+def reclaim_task(shard: int = 0) -> dict[str, Any]:
+    """Charge or dead-letter the entries of one shard left pending past the claim idle time."""
+    current = runtime.get_runtime()
+    report = current.run(drain.reclaim_stream(current.redis, current.sessions, _config(), shard))
+    if report.more:
+        reclaim_task.delay(shard)
+    return report.summary()
