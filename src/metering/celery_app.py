@@ -59,6 +59,12 @@ def create_app() -> Celery:
             for shard in range(settings.metering_usage_shards)
         },
     )
+    # Stored Stripe events whose enqueue was lost, or that await a purchase now recorded.
+    celery.conf.beat_schedule["stripe-requeue-unprocessed"] = {
+        "task": "metering.stripe.requeue_unprocessed",
+        "schedule": float(settings.stripe_requeue_after_s),
+        "options": {"expires": float(settings.stripe_requeue_after_s)},
+    }
     return celery
 
 

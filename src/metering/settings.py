@@ -26,6 +26,16 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr = SecretStr("")
     stripe_api_base: str | None = None
     frontend_url: str = "http://localhost:3000"
+    stripe_credit_packs: dict[str, int] = Field(
+        default_factory=lambda: {"small": 5_000, "medium": 20_000, "large": 100_000}
+    )
+    """Credit packs Checkout sells, by name: credits each (1,000 credits = $1.00)."""
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=30, le=3600)
+    """A delivery signed further than this from now, in the past or the future, is refused."""
+    stripe_requeue_after_s: int = Field(default=60, ge=1)
+    """Beat re-enqueues Stripe events still unprocessed this long after they arrived."""
+    stripe_lock_timeout_ms: int = Field(default=5_000, ge=100)
+    """A Stripe handler waits this long for a row lock, then fails and is retried."""
 
     metering_api_token: SecretStr = SecretStr("")
     flower_basic_auth: SecretStr = SecretStr("")

@@ -1,0 +1,16 @@
+"""Every Stripe test leaves the ledger reconciled."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from metering.db import session_scope
+from metering.reconcile import find_violations
+
+
+@pytest.fixture(autouse=True)
+async def reconciled(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
+    yield
+    async with session_scope(sessions) as session:
+        assert await find_violations(session) == []

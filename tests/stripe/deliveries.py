@@ -1,0 +1,90 @@
+"""Stripe deliveries for tests: fixture objects wrapped in events, signed as Stripe signs them."""
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).parent / "fixtures"
+"""Stripe API reference examples of each object, as Stripe shapes them."""
+WEBHOOK_SECRET = "whsec_testsecret0123456789abcdef"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
+
+
+def sign(body: str, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """The `Stripe-Signature` header: `t=...,v1=HMAC-SHA256(secret, "{t}.{body}")`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_test_{uuid.uuid4().hex[:20]}"
+
+
+def event(event_type: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """The shared event fixture around `obj`, with a fresh id."""
+    wrapped = fixture("event")
+    wrapped.update(id=event_id or new_id("evt"), type=event_type, data={"object": obj})
+    return wrapped
+
+
+def checkout_session(
+    user_id: str, credits: int, *, paid: bool = True, payment_intent: str | None = None
+) -> dict[str, Any]:
+    """A completed Checkout session of ours, as the fixture shapes it."""
+    session = fixture("checkout_session")
+    session.update(
+        id=new_id("cs"),
+        client_reference_id=user_id,
+        metadata={"userId": user_id, "credits": str(credits)},
+        payment_intent=payment_intent or new_id("pi"),
+        payment_status="paid" if paid else "unpaid",
+        status="complete",
+        amount_total=credits // 10,
+        amount_subtotal=credits // 10,
+        currency="usd",
+    )
+    return session
+
+
+def charge(payment_intent: str, amount: int, amount_refunded: int) -> dict[str, Any]:
+    obj = fixture("charge")
+    obj.update(
+        id=f"ch_{payment_intent}",
+        payment_intent=payment_intent,
+        amount=amount,
+        amount_captured=amount,
+        captured=True,
+        amount_refunded=amount_refunded,
+        refunded=amount_refunded == amount,
+    )
+    refund = fixture("refund")
+    refund.update(id=new_id("re"), charge=obj["id"], payment_intent=payment_intent)
+    obj["refunds"] = {**obj["refunds"], "data": [refund]}
+    return obj
+
+
+def dispute(
+    payment_intent: str, amount: int, status: str = "needs_response", dispute_id: str | None = None
+) -> dict[str, Any]:
+    obj = fixture("dispute")
+    obj.update(
+        id=dispute_id or new_id("dp"),
+        charge=f"ch_{payment_intent}",
+        payment_intent=payment_intent,
+        amount=amount,
+        status=status,
+    )
+    return obj
+
+
+def body_of(evt: dict[str, Any]) -> str:
+    return json.dumps(evt, indent=2)
