@@ -1,0 +1,7 @@
+"""The ASGI app (`metering.web:app`): Checkout sessions and the Stripe webhook receiver."""
+
+from metering.web.app import create_app
+
+app = create_app(configure_logs=True)
+
+__all__ = ["app", "create_app"]
