@@ -3,7 +3,6 @@
 Corrections go through the ledger like everything else that moves credits.
 """
 
-import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
@@ -84,9 +83,12 @@ async def seed(session: AsyncSession) -> ledger.PostedTransaction:
 
 
 async def refund_experiment(
-    session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str | None = None
+    session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str
 ) -> ledger.PostedTransaction:
-    """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run)."""
+    """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run).
+
+    `key` makes the refund idempotent: make it once, before any retry.
+    """
     ledger.check_amount(TransactionType.REFUND, credits)
     experiment = await find_experiment(session, experiment_id)
     if experiment.user_id is None:
@@ -98,7 +100,7 @@ async def refund_experiment(
             type=TransactionType.REFUND,
             amount=credits,
             description=f"Refund for experiment {experiment_id}: {reason}",
-            idempotency_key=key or f"refund:{uuid.uuid4()}",
+            idempotency_key=key,
             metadata={"experimentId": experiment_id, "reason": reason},
             experiment_id=experiment_id,
         ),
@@ -106,9 +108,12 @@ async def refund_experiment(
 
 
 async def adjust_user(
-    session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str | None = None
+    session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str
 ) -> ledger.PostedTransaction:
-    """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative)."""
+    """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative).
+
+    `key` makes the correction idempotent: make it once, before any retry.
+    """
     ledger.check_amount(TransactionType.ADJUSTMENT, credits)
     user = await find_user(session, id_or_email)
     return await ledger.post(
@@ -118,7 +123,7 @@ async def adjust_user(
             type=TransactionType.ADJUSTMENT,
             amount=credits,
             description=f"Adjustment: {reason}",
-            idempotency_key=key or f"adjustment:{uuid.uuid4()}",
+            idempotency_key=key,
             metadata={"reason": reason},
         ),
     )

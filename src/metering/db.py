@@ -17,13 +17,16 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from metering.errors import TransientError
+from metering.errors import PermanentError, TransientError
 from metering.settings import to_asyncpg_url
 
 T = TypeVar("T")
 
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-"""serialization_failure and deadlock_detected: the whole transaction may simply be run again."""
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+"""Serialization failure, deadlock, lock or statement timeout, server shutting down: the whole
+transaction may simply be run again."""
+DATA_EXCEPTION_CLASS = "22"
+"""SQLSTATE class of values PostgreSQL can never accept (out of range, bad JSON text, ...)."""
 
 
 def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
@@ -75,14 +78,20 @@ async def run_in_transaction(
 ) -> T:
     """Run `work` in one transaction, retrying the whole of it after a deadlock or lost connection.
 
-    `work` must be safe to run again: everything it wrote in a failed attempt was rolled back.
-    Raises `TransientError` once the attempts are used up.
+    `work` must be safe to run again, and idempotent by its keys: a connection lost during COMMIT
+    may hide a commit that succeeded, so a retry must find its rows already there. Make keys
+    before calling, never inside `work`. Raises `TransientError` once the attempts are used up,
+    `PermanentError` for values the database can never accept.
     """
     for attempt in range(1, attempts + 1):
         try:
             async with session_scope(sessions) as session:
                 return await work(session)
         except (DBAPIError, OSError, ConnectionError) as error:
+            if (sqlstate(error) or "").startswith(DATA_EXCEPTION_CLASS):
+                raise PermanentError(
+                    f"the database refused a value: {first_line(error)}", code="invalid_data"
+                ) from error
             if not is_retryable(error):
                 raise
             if attempt == attempts:

@@ -23,15 +23,17 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import Integer, Numeric, Text
+from sqlalchemy.types import BigInteger, Integer, Numeric, Text
 
 from metering.errors import PermanentError, TransientError
 from metering.ids import cuid
 from metering.models import TransactionType
-from metering.pricing.money import credits_due
+from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+EXACT_QUANTUM = Decimal(1).scaleb(-EXACT_CREDIT_PLACES)
+USAGE_LOCK_KEY = 0x6D657465  # advisory lock shared by usage batches ("mete")
 
 
 class LedgerError(PermanentError):
@@ -48,6 +50,10 @@ class UnknownUser(LedgerError):
 
 class BalanceOverflow(LedgerError):
     code = "balance_overflow"
+
+
+class InvalidMetadata(LedgerError):
+    code = "invalid_metadata"
 
 
 class OwnerChanged(TransientError):
@@ -138,11 +144,17 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
     """
     for posting in postings:
         check_amount(posting.type, posting.amount)
+        if posting.type is TransactionType.USAGE and posting.experiment_id is not None:
+            raise LedgerError(
+                "usage of an experiment is recorded with charge_usage, which keeps creditsUsed",
+                code="usage_needs_charge_usage",
+            )
     balances = await _lock_users(session, {p.user_id for p in postings})
     first_by_key: dict[str, Posting] = {}
     for posting in postings:
         first_by_key.setdefault(posting.idempotency_key, posting)
-    candidates = list(first_by_key.values())
+    # Rows go in key order, so that two calls sharing keys wait on each other in the same order.
+    candidates = sorted(first_by_key.values(), key=lambda p: p.idempotency_key)
     ids = [cuid() for _ in candidates]
     inserted_keys = await _insert_transactions(
         session,
@@ -183,12 +195,17 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     outcome = UsageOutcome()
     if not charges:
         return outcome
+    for charge in charges:
+        _check_exact_credits(charge)
     experiment_ids = sorted({c.experiment_id for c in charges})
     owners = await _experiment_owners(session, experiment_ids)
-    balances = await _lock_users(session, {u for u in owners.values() if u is not None})
+    await _lock_usage_tables(session, exclusive=None in owners.values())
+    balances = await _lock_users(
+        session, {u for u in owners.values() if u is not None}, missing_is_a_race=True
+    )
     experiments = await _lock_experiments(session, sorted(owners))
-    if any(experiments[e][0] != owners[e] for e in owners):
-        raise OwnerChanged("an experiment changed owner while its usage was being charged")
+    if experiments.keys() != owners.keys() or any(experiments[e][0] != owners[e] for e in owners):
+        raise OwnerChanged("an experiment changed owner or vanished while being charged")
     outcome.owners = dict(owners)
     outcome.unknown_experiments = [c.event_id for c in charges if c.experiment_id not in owners]
 
@@ -199,8 +216,10 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     while True:
         amounts, exact_totals = _carry(fresh, experiments)
         async with session.begin_nested() as savepoint:
-            charged = await _insert_usage_rows(session, billed, owners, amounts)
-            recorded_unbilled = await _insert_unbilled_rows(session, unbilled, amounts)
+            charged = await _insert_usage_rows(session, _by_event_id(billed), owners, amounts)
+            recorded_unbilled = await _insert_unbilled_rows(
+                session, _by_event_id(unbilled), amounts
+            )
             if len(charged) == len(billed) and len(recorded_unbilled) == len(unbilled):
                 break
             # A concurrent writer recorded some of these events first: their amounts were part of
@@ -231,6 +250,11 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     return outcome
 
 
+def _by_event_id(charges: Sequence[UsageCharge]) -> list[UsageCharge]:
+    """Insertion order: by key, so batches sharing event ids wait on each other in one order."""
+    return sorted(charges, key=lambda c: c.event_id)
+
+
 def _first_per_event(charges: Sequence[UsageCharge]) -> list[UsageCharge]:
     seen: set[str] = set()
     unique = []
@@ -241,6 +265,18 @@ def _first_per_event(charges: Sequence[UsageCharge]) -> list[UsageCharge]:
     return unique
 
 
+def _check_exact_credits(charge: UsageCharge) -> None:
+    """Exact costs are finite, >= 0, and exact at 18 places (what `exactCreditsUsed` stores)."""
+    exact = charge.exact_credits
+    if not exact.is_finite() or exact < 0 or exact != exact.quantize(EXACT_QUANTUM):
+        raise InvalidAmount(
+            f"usage cost of event {charge.event_id} must be a finite, non-negative number of "
+            f"credits with at most {EXACT_CREDIT_PLACES} decimal places, got {exact}"
+        )
+    if exact > INT32_MAX:
+        raise InvalidAmount(f"usage cost of event {charge.event_id} ({exact} credits) is too large")
+
+
 def _carry(
     charges: Sequence[UsageCharge], experiments: Mapping[str, tuple[str | None, int, Decimal]]
 ) -> tuple[dict[str, int], dict[str, Decimal]]:
@@ -248,16 +284,32 @@ def _carry(
     totals = {experiment_id: state[2] for experiment_id, state in experiments.items()}
     amounts: dict[str, int] = {}
     for charge in charges:
-        if charge.exact_credits < 0:
-            raise InvalidAmount(f"usage cost of event {charge.event_id} is negative")
         before = totals[charge.experiment_id]
         amounts[charge.event_id] = -credits_due(before, charge.exact_credits)
         totals[charge.experiment_id] = before + charge.exact_credits
     return amounts, totals
 
 
-async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, int]:
-    """Lock users in id order; return their balances. Raises `UnknownUser` for a missing id."""
+async def _lock_usage_tables(session: AsyncSession, *, exclusive: bool) -> None:
+    """Serialise batches that record unbilled usage against all other usage batches.
+
+    An event id must never be recorded both as a USAGE row and as UnbilledUsage; the check in
+    `_not_yet_recorded` must therefore see every committed write of the other table. Billed
+    batches share this transaction-scoped advisory lock; a batch with unbilled usage (rare) takes
+    it alone, so it waits for in-flight billed batches and they wait for it.
+    """
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await session.execute(text(f"SELECT {function}(:key)"), {"key": USAGE_LOCK_KEY})
+
+
+async def _lock_users(
+    session: AsyncSession, user_ids: set[str], *, missing_is_a_race: bool = False
+) -> dict[str, int]:
+    """Lock users in id order; return their balances.
+
+    A missing id raises `UnknownUser`, or `OwnerChanged` when the id was read as an experiment's
+    owner a moment ago (the user was deleted meanwhile: the batch is worth running again).
+    """
     if not user_ids:
         return {}
     rows = await session.execute(
@@ -268,6 +320,8 @@ async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, in
     )
     balances = {row.id: row.credits for row in rows}
     missing = sorted(user_ids - balances.keys())
+    if missing and missing_is_a_race:
+        raise OwnerChanged(f"experiment owner {', '.join(missing)} was deleted meanwhile")
     if missing:
         raise UnknownUser(f"no user with id {', '.join(missing)}")
     return balances
@@ -440,10 +494,10 @@ async def _apply_user_deltas(
     await session.execute(
         text(
             'UPDATE "User" AS u SET credits = u.credits + d.delta, "updatedAt" = now() '
-            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS int[])) AS d(id, delta) "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
             "WHERE u.id = d.id"
         ).bindparams(
-            bindparam("ids", type_=ARRAY(Text)), bindparam("deltas", type_=ARRAY(Integer))
+            bindparam("ids", type_=ARRAY(Text)), bindparam("deltas", type_=ARRAY(BigInteger))
         ),
         {"ids": list(changed), "deltas": list(changed.values())},
     )
@@ -465,11 +519,12 @@ async def _apply_experiment_deltas(
         text(
             'UPDATE "MAACExperiment" AS e SET "creditsUsed" = e."creditsUsed" + d.delta, '
             '"exactCreditsUsed" = d.exact, "updatedAt" = now() '
-            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS int[]), CAST(:exact AS numeric[])) "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:deltas AS bigint[]), "
+            "CAST(:exact AS numeric[])) "
             "AS d(id, delta, exact) WHERE e.id = d.id"
         ).bindparams(
             bindparam("ids", type_=ARRAY(Text)),
-            bindparam("deltas", type_=ARRAY(Integer)),
+            bindparam("deltas", type_=ARRAY(BigInteger)),
             bindparam("exact", type_=ARRAY(Numeric)),
         ),
         {
@@ -501,4 +556,19 @@ async def _existing_transactions(
 
 
 def _json(metadata: Mapping[str, Any] | None) -> str | None:
-    return None if metadata is None else json.dumps(metadata, separators=(",", ":"))
+    """Metadata as JSON text for a JSONB column, which cannot hold the NUL character."""
+    if metadata is None:
+        return None
+    if _has_nul(metadata):
+        raise InvalidMetadata("metadata must not contain the NUL character (\\u0000)")
+    return json.dumps(metadata, separators=(",", ":"))
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False

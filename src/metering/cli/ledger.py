@@ -1,5 +1,6 @@
 """Ledger commands: seed, reconcile, balance, and operators' refunds and adjustments."""
 
+import uuid
 from dataclasses import asdict
 from decimal import Decimal
 
@@ -84,8 +85,12 @@ def refund(
 ) -> None:
     """Give credits back to an experiment's owner (a REFUND transaction)."""
 
+    idempotency_key = key or f"refund:{uuid.uuid4()}"
+
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
-        return await accounts.refund_experiment(session, experiment, credits, reason, key)
+        return await accounts.refund_experiment(
+            session, experiment, credits, reason, idempotency_key
+        )
 
     _report_posting(in_database(work), as_json)
 
@@ -100,7 +105,9 @@ def adjust(
 ) -> None:
     """Correct a user's balance (an ADJUSTMENT transaction)."""
 
+    idempotency_key = key or f"adjustment:{uuid.uuid4()}"
+
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
-        return await accounts.adjust_user(session, user, credits, reason, key)
+        return await accounts.adjust_user(session, user, credits, reason, idempotency_key)
 
     _report_posting(in_database(work), as_json)

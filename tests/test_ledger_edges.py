@@ -1,0 +1,425 @@
+"""The ledger at its edges: lost commit replies, values PostgreSQL refuses, races with the
+platform, and batches that share keys.
+
+Tests that leave the books deliberately inconsistent run on a private database
+(`migrated_database`) so the shared run database stays reconcilable for the other tests.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from metering import accounts, ledger
+from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
+from metering.errors import PermanentError
+from metering.events import parse_event
+from metering.models import CreditTransaction, TransactionType, UnbilledUsage, User
+from metering.reconcile import find_violations
+from tests.factories import create_experiment, create_user, unique
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+async def credits_of(sessions: Sessions, user_id: str) -> int:
+    async with session_scope(sessions) as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return user.credits
+
+
+def usage(
+    experiment_id: str,
+    exact: str | Decimal,
+    event_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ledger.UsageCharge:
+    return ledger.UsageCharge(
+        event_id=event_id or unique("evt"),
+        experiment_id=experiment_id,
+        exact_credits=Decimal(exact),
+        description="usage",
+        metadata=metadata if metadata is not None else {"experimentId": experiment_id},
+    )
+
+
+async def wait_until_blocked_on_a_lock(sessions: Sessions, limit_s: float = 10.0) -> None:
+    """Wait until some backend of this database waits on a lock (the charge under test)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        async with session_scope(sessions) as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the charge never waited on a lock")
+
+
+async def error_of(awaitable: Any) -> BaseException:
+    """The exception `awaitable` raises (the test fails if it raises none)."""
+    try:
+        await awaitable
+    except Exception as error:
+        return error
+    raise AssertionError("expected an error, got none")
+
+
+@pytest.fixture
+async def private_sessions(migrated_database: str) -> AsyncIterator[Sessions]:
+    """Sessions on a private database: for tests that leave the books inconsistent on purpose."""
+    engine = create_engine(migrated_database, pool_size=4)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# 1. a retry after a lost COMMIT reply finds the first attempt's rows
+
+
+class _CommitAckLost(AsyncSession):
+    """A session whose first COMMIT succeeds on the server but whose reply never arrives."""
+
+    lose_next_ack = True
+
+    def begin(self) -> Any:
+        real = super().begin()
+
+        class _Scope:
+            async def __aenter__(self) -> Any:
+                return await real.__aenter__()
+
+            async def __aexit__(self, *exc_info: Any) -> Any:
+                await real.__aexit__(*exc_info)
+                if exc_info[0] is None and _CommitAckLost.lose_next_ack:
+                    _CommitAckLost.lose_next_ack = False
+                    # What asyncpg reports when the socket dies after COMMIT reached the server.
+                    raise ConnectionResetError("connection lost while waiting for COMMIT's reply")
+                return None
+
+        return _Scope()
+
+
+async def test_operator_adjustment_is_posted_once_when_the_commit_reply_is_lost(
+    sessions: Sessions, engine: Any
+) -> None:
+    """The COMMIT succeeded but its reply was lost, so run_in_transaction runs the work again:
+    the key, made once before the first attempt, finds the first row."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+
+    _CommitAckLost.lose_next_ack = True
+    flaky: Sessions = async_sessionmaker(engine, class_=_CommitAckLost, expire_on_commit=False)
+
+    key = unique("adjustment")  # made once, before any retry, as the CLI does
+
+    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+        return await accounts.adjust_user(session, user_id, 5, "goodwill", key)
+
+    await run_in_transaction(flaky, work)
+    async with session_scope(sessions) as session:
+        adjustments = await session.scalar(
+            select(func.count()).where(
+                CreditTransaction.user_id == user_id,
+                CreditTransaction.type == TransactionType.ADJUSTMENT,
+            )
+        )
+    assert await credits_of(sessions, user_id) == 105, "the +5 adjustment was applied twice"
+    assert adjustments == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 2. input that can never succeed is a PermanentError, never retried
+
+
+async def test_usage_amount_beyond_int32_is_refused_permanently_not_retried(
+    sessions: Sessions,
+) -> None:
+    """A usage cost too large for an INTEGER amount is refused as invalid, so the drain can
+    isolate and dead-letter that one event instead of failing its batch on every delivery."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+
+    async def work(session: AsyncSession) -> ledger.UsageOutcome:
+        return await ledger.charge_usage(session, [usage(experiment_id, str(2**31 + 5))])
+
+    error = await error_of(run_in_transaction(sessions, work, attempts=2))
+    assert isinstance(error, PermanentError), (
+        f"expected a PermanentError (InvalidAmount/BalanceOverflow), got {error!r}"
+    )
+
+
+async def test_post_many_whose_summed_delta_exceeds_int32_while_the_balance_fits(
+    sessions: Sessions,
+) -> None:
+    """Each amount and the final balance fit INTEGER; the per-user sum of the batch does not,
+    and must not need to."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session)
+        await ledger.post(
+            session,
+            ledger.Posting(user_id, TransactionType.ADJUSTMENT, -(2**31), "debt", unique("adj")),
+        )
+    async with session_scope(sessions) as session:
+        await ledger.post_many(
+            session,
+            [
+                ledger.Posting(user_id, TransactionType.PURCHASE, 2**31 - 1, "p", unique("p")),
+                ledger.Posting(user_id, TransactionType.PURCHASE, 1, "p", unique("p")),
+            ],
+        )
+    assert await credits_of(sessions, user_id) == 0
+
+
+async def test_usage_metadata_with_a_nul_character_is_a_permanent_refusal(
+    sessions: Sessions,
+) -> None:
+    """Metadata holding "\\u0000" is valid JSON but not valid jsonb: the ledger refuses it as a
+    PermanentError, so the event is quarantined instead of poisoning its batch."""
+    event = parse_event(
+        json.dumps(
+            {
+                "event_id": "e1",
+                "experiment_id": "x1",
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "occurred_at": "2025-06-01T12:00:00Z",
+                "metadata": {"note": "a\u0000b"},
+            }
+        )
+    )
+    assert event.metadata == {"note": "a\x00b"}  # the event schema accepts it
+
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+    charge = usage(experiment_id, "1", metadata={"eventMetadata": event.metadata})
+
+    async def work(session: AsyncSession) -> ledger.UsageOutcome:
+        return await ledger.charge_usage(session, [charge])
+
+    error = await error_of(run_in_transaction(sessions, work, attempts=1))
+    assert isinstance(error, PermanentError), f"got {error!r}"
+
+
+@pytest.mark.parametrize("exact", ["NaN", "Infinity", "sNaN"])
+async def test_non_finite_usage_cost_is_an_invalid_amount(sessions: Sessions, exact: str) -> None:
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+
+    async def charge_it() -> None:
+        async with session_scope(sessions) as session:
+            await ledger.charge_usage(session, [usage(experiment_id, exact)])
+
+    error = await error_of(charge_it())
+    assert isinstance(error, ledger.InvalidAmount), f"got {error!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# 3. races between reading experiment owners (unlocked) and locking
+
+
+async def test_owner_deleted_while_waiting_for_the_user_lock_is_transient(
+    sessions: Sessions,
+) -> None:
+    """charge_usage reads E -> U without a lock, then waits for U's row lock. Meanwhile U is
+    deleted (E.userId becomes NULL by ON DELETE SET NULL): the batch is retried (OwnerChanged),
+    not dead-lettered, since a retry records the event as UnbilledUsage."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session)
+        experiment_id = await create_experiment(session, user_id)
+    charge = usage(experiment_id, "1")
+
+    async with sessions() as deleter:
+        await deleter.begin()
+        await deleter.execute(text('DELETE FROM "User" WHERE id = :id'), {"id": user_id})
+
+        async def charge_it() -> ledger.UsageOutcome:
+            async with session_scope(sessions) as session:
+                return await ledger.charge_usage(session, [charge])
+
+        task = asyncio.create_task(charge_it())
+        await wait_until_blocked_on_a_lock(sessions)
+        await deleter.commit()
+        outcome = await asyncio.gather(task, return_exceptions=True)
+    error = outcome[0]
+    assert not isinstance(error, PermanentError), (
+        f"a concurrent owner change was reported as permanent: {error!r}"
+    )
+
+
+async def test_experiment_deleted_while_waiting_for_the_user_lock(sessions: Sessions) -> None:
+    """charge_usage reads E -> U, waits on U (held by another batch); E is deleted meanwhile.
+    The batch is reported as worth running again (transient), and the retry reports the event's
+    experiment as unknown."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session)
+        experiment_id = await create_experiment(session, user_id)
+    charge = usage(experiment_id, "1")
+
+    async def charge_it() -> ledger.UsageOutcome:
+        async with session_scope(sessions) as session:
+            return await ledger.charge_usage(session, [charge])
+
+    async with sessions() as other_batch:
+        await other_batch.begin()
+        await other_batch.execute(
+            text('SELECT id FROM "User" WHERE id = :id FOR UPDATE'), {"id": user_id}
+        )
+        task = asyncio.create_task(charge_it())
+        await wait_until_blocked_on_a_lock(sessions)
+        async with session_scope(sessions) as platform:
+            await platform.execute(
+                text('DELETE FROM "MAACExperiment" WHERE id = :id'), {"id": experiment_id}
+            )
+        await other_batch.commit()
+        (result,) = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(result, ledger.OwnerChanged)
+    retried = await charge_it()
+    assert retried.unknown_experiments == [charge.event_id]
+    assert await credits_of(sessions, user_id) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# 4. an event id lives in CreditTransaction or in UnbilledUsage, never both
+
+
+@pytest.mark.parametrize("first_is_unbilled", [True, False])
+async def test_an_event_id_is_recorded_in_one_table_only_under_concurrency(
+    sessions: Sessions, first_is_unbilled: bool
+) -> None:
+    """The same event id delivered for two experiments, one without a user and one with, by two
+    concurrent batches: the second waits for the first and finds the event already recorded."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        owned = await create_experiment(session, user_id)
+        orphan = await create_experiment(session, None)
+    event_id = unique("evt")
+    first_experiment, second_experiment = (orphan, owned) if first_is_unbilled else (owned, orphan)
+
+    async def second_batch() -> ledger.UsageOutcome:
+        async with session_scope(sessions) as second:
+            return await ledger.charge_usage(second, [usage(second_experiment, "3", event_id)])
+
+    async with sessions() as first:
+        await first.begin()
+        await ledger.charge_usage(first, [usage(first_experiment, "3", event_id)])
+        task = asyncio.create_task(second_batch())
+        await wait_until_blocked_on_a_lock(sessions)
+        await first.commit()
+    outcome = await task
+
+    async with session_scope(sessions) as session:
+        in_transactions = await session.scalar(
+            select(func.count()).where(CreditTransaction.idempotency_key == event_id)
+        )
+        in_unbilled = await session.scalar(
+            select(func.count()).where(UnbilledUsage.event_id == event_id)
+        )
+        assert await find_violations(session) == []
+    assert outcome.duplicates == [event_id]
+    assert (in_transactions or 0) + (in_unbilled or 0) == 1
+    assert await credits_of(sessions, user_id) == (100 if first_is_unbilled else 97)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. the ledger's own API cannot break an invariant (private database)
+
+
+async def test_exact_cost_finer_than_18_places_is_refused(private_sessions: Sessions) -> None:
+    """exactCreditsUsed is NUMERIC(38,18): a cost finer than that would be rounded by PostgreSQL
+    while the carry charged it, so the ledger refuses it."""
+    async with session_scope(private_sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+    with pytest.raises(ledger.InvalidAmount, match="at most 18 decimal places"):
+        async with session_scope(private_sessions) as session:
+            await ledger.charge_usage(session, [usage(experiment_id, "1E-19")])
+    async with session_scope(private_sessions) as session:
+        assert await find_violations(session) == []
+    assert await credits_of(private_sessions, user_id) == 100
+
+
+async def test_post_refuses_usage_of_an_experiment(
+    private_sessions: Sessions,
+) -> None:
+    """A USAGE row of an experiment must move its creditsUsed too, which only charge_usage
+    does: `post` refuses it."""
+    async with session_scope(private_sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+    with pytest.raises(ledger.LedgerError, match="charge_usage"):
+        async with session_scope(private_sessions) as session:
+            await ledger.post(
+                session,
+                ledger.Posting(
+                    user_id,
+                    TransactionType.USAGE,
+                    -5,
+                    "manual usage",
+                    unique("k"),
+                    experiment_id=experiment_id,
+                ),
+            )
+    async with session_scope(private_sessions) as session:
+        assert await find_violations(session) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 6. lock order: keys are inserted in a fixed order
+
+
+async def test_post_many_batches_sharing_keys_in_another_order_do_not_deadlock(
+    private_sessions: Sessions,
+) -> None:
+    """Two batches that post the same keys in opposite orders take the unique-index locks in
+    one order, because rows are inserted in key order. A test-only trigger (private database)
+    slows each row insert so the interleaving is certain; attempts=1 so a deadlock would
+    surface instead of being retried away."""
+    async with session_scope(private_sessions) as session:
+        users = [await create_user(session) for _ in range(2)]
+        await session.execute(
+            text(
+                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$"
+            )
+        )
+        await session.execute(
+            text(
+                'CREATE TRIGGER slow_row BEFORE INSERT ON "CreditTransaction" '
+                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+        )
+    keys = [unique("k") for _ in range(4)]
+
+    async def batch(user: str, ordered: list[str]) -> None:
+        async def work(session: AsyncSession) -> None:
+            await ledger.post_many(
+                session,
+                [ledger.Posting(user, TransactionType.PURCHASE, 1, "p", k) for k in ordered],
+            )
+
+        await run_in_transaction(private_sessions, work, attempts=1)
+
+    results = await asyncio.gather(
+        batch(users[0], keys), batch(users[1], keys[::-1]), return_exceptions=True
+    )
+    assert not any(isinstance(r, BaseException) for r in results), results
