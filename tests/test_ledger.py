@@ -5,13 +5,13 @@ import random
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import run_in_transaction, session_scope
+from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.models import CreditTransaction, MAACExperiment, TransactionType, UnbilledUsage, User
-from metering.reconcile import find_violations
+from metering.reconcile import Violation, find_violations
 from tests.factories import create_experiment, create_user, unique
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -312,3 +312,56 @@ async def test_concurrent_usage_batches_on_one_experiment_charge_exactly_once(
     assert await experiment_state(sessions, experiment_id) == (10, Decimal("10"))
     assert await credits_of(sessions, user_id) == 990
     await assert_reconciled(sessions)
+
+
+async def test_reconcile_reports_every_kind_of_violation(migrated_database: str) -> None:
+    engine = create_engine(migrated_database, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with session_scope(sessions) as session:
+            user_id = await create_user(session, 100)
+            experiment_id = await create_experiment(session, user_id)
+            await ledger.charge_usage(session, [usage(experiment_id, "2.5", "evt-twice")])
+        assert await _violations(sessions) == []
+        async with session_scope(sessions) as session:
+            await session.execute(
+                text('UPDATE "User" SET credits = credits + 1 WHERE id = :id'), {"id": user_id}
+            )
+            await session.execute(
+                text('UPDATE "MAACExperiment" SET "exactCreditsUsed" = 1 WHERE id = :id'),
+                {"id": experiment_id},
+            )
+            await session.execute(
+                text(
+                    'INSERT INTO "CreditTransaction" (id, "userId", type, amount, description) '
+                    "VALUES ('tx-bad', :user, 'PURCHASE', 0, 'zero purchase')"
+                ),
+                {"user": user_id},
+            )
+            await session.execute(
+                text(
+                    'INSERT INTO "UnbilledUsage" ("eventId", "experimentId", amount) '
+                    "VALUES ('evt-twice', :experiment, 0)"
+                ),
+                {"experiment": experiment_id},
+            )
+        found = {(v.kind, v.subject_id): v.detail for v in await _violations(sessions)}
+        assert found == {
+            (
+                "user",
+                user_id,
+            ): f"credits = 98 but its transactions sum to 97 ({user_id}@example.com)",
+            (
+                "experiment",
+                experiment_id,
+            ): "creditsUsed = 3 but its exact cost 1.000000000000000000 rounds up to 1",
+            ("transaction", "tx-bad"): "PURCHASE amount 0 has the wrong sign for its type",
+            ("event", "evt-twice"): "recorded both as a USAGE row and as unbilled usage",
+        }
+    finally:
+        await engine.dispose()
+
+
+async def _violations(sessions: Sessions) -> list[Violation]:
+    async with session_scope(sessions) as session:
+        return await find_violations(session)

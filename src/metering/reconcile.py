@@ -37,6 +37,27 @@ _EXPERIMENT_VIOLATIONS = text(
 )
 
 
+_SIGN_VIOLATIONS = text(
+    """
+    SELECT id, type::text AS type, amount FROM "CreditTransaction"
+    WHERE (type IN ('PURCHASE', 'REFUND') AND amount <= 0)
+       OR (type = 'USAGE' AND amount > 0)
+       OR (type = 'ADJUSTMENT' AND amount = 0)
+    UNION ALL
+    SELECT "eventId", 'UNBILLED', amount FROM "UnbilledUsage" WHERE amount > 0
+    ORDER BY id
+    """
+)
+
+_EVENTS_RECORDED_TWICE = text(
+    """
+    SELECT n."eventId" AS id FROM "UnbilledUsage" n
+    JOIN "CreditTransaction" t ON t."idempotencyKey" = n."eventId"
+    ORDER BY n."eventId"
+    """
+)
+
+
 @dataclass(frozen=True)
 class Violation:
     """One broken invariant: what was recorded against what the ledger rows say."""
@@ -52,8 +73,9 @@ class Violation:
 
 
 async def find_violations(session: AsyncSession) -> list[Violation]:
-    """Every user whose credits differ from SUM(amount), and every experiment whose creditsUsed
-    differs from -SUM(its usage amounts) or from the ceiling of its exact cost."""
+    """Every broken invariant: a user whose credits differ from SUM(amount); an experiment whose
+    creditsUsed differs from -SUM(its usage amounts) or from the ceiling of its exact cost; a row
+    whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled."""
     violations = []
     for row in await session.execute(_USER_VIOLATIONS):
         violations.append(
@@ -75,4 +97,10 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
                 f"rounds up to {row.exact_ceiling}"
             )
         violations.append(Violation("experiment", row.id, row.recorded, int(row.expected), detail))
+    for row in await session.execute(_SIGN_VIOLATIONS):
+        detail = f"{row.type} amount {row.amount} has the wrong sign for its type"
+        violations.append(Violation("transaction", row.id, row.amount, row.amount, detail))
+    for row in await session.execute(_EVENTS_RECORDED_TWICE):
+        detail = "recorded both as a USAGE row and as unbilled usage"
+        violations.append(Violation("event", row.id, 2, 1, detail))
     return violations
