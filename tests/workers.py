@@ -47,7 +47,8 @@ class Worker:
             cwd=Path(__file__).parent.parent,
             start_new_session=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(READY_TIMEOUT_S):
             self.stop()
             raise RuntimeError("worker did not start:\n" + "".join(self.log[-40:]))
@@ -64,6 +65,7 @@ class Worker:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self._close_output()
 
     def stop(self) -> None:
         """Warm shutdown, escalating to SIGKILL after a grace period."""
@@ -73,6 +75,13 @@ class Worker:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_output()
+
+    def _close_output(self) -> None:
+        """Let the reader reach the end of the output, then close the pipe."""
+        self._reader.join(30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @contextmanager

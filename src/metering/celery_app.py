@@ -7,11 +7,19 @@ event loop, engine and Redis client after the fork (`metering.tasks.runtime`).
 
 from typing import Any
 
+import structlog
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu.entity import Queue
 
 from metering import keys
+from metering.logs import configure_logging
 from metering.settings import get_settings
 from metering.tasks import runtime
 
@@ -79,3 +87,21 @@ def _open_runtime(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     runtime.close_runtime()
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    # Connecting this signal stops Celery from installing its own log handlers.
+    settings = get_settings()
+    configure_logging(settings.metering_log_level, json=settings.metering_log_json)
+
+
+@task_prerun.connect
+def _bind_task(task_id: str, task: Any, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name)
+
+
+@task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     """USD per million tokens charged for `apiKeyMode = own`."""
     metering_halt_threshold: int = 0
     """Credits: at or below this balance a user's running experiments are told to stop."""
+    metering_log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    metering_log_json: bool = True
+    """One JSON object per line; false for a human-readable console format."""
     metering_usage_batch_size: int = Field(default=500, ge=1, le=10_000)
     """Stream entries read per XREADGROUP and charged per database transaction."""
     metering_usage_claim_idle_ms: int = Field(default=30_000, ge=100)

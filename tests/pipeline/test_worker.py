@@ -4,7 +4,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,14 +56,9 @@ def beat(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @contextmanager
 def usage_worker(concurrency: int) -> Iterator[Worker]:
-    """`running_worker` on the usage queue, closing the output pipe it leaves open."""
+    """`running_worker` on the usage queue."""
     with running_worker("usage", concurrency=concurrency, env=WORKER_ENV) as worker:
         yield worker
-    for thread in threading.enumerate():
-        if getattr(thread, "_target", None) == worker._read:
-            thread.join(30)
-    if worker.process.stdout is not None:
-        worker.process.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """End to end: signed deliveries to the app, processed by a real worker on the `stripe` queue."""
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -48,12 +47,6 @@ def worker(database_url: str, redis_prefix: str) -> Iterator[Worker]:
     }
     with running_worker("stripe", env=env) as running:
         yield running
-    # `running_worker` leaves its output pipe open: let the reader finish, then close it.
-    for thread in threading.enumerate():
-        if getattr(thread, "_target", None) == running._read:
-            thread.join(30)
-    if running.process.stdout is not None:
-        running.process.stdout.close()
 
 
 @pytest.fixture

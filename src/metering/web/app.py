@@ -40,9 +40,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if configure_logs:
-            configure_logging()
         config = settings or get_settings()
+        if configure_logs:
+            configure_logging(config.metering_log_level, json=config.metering_log_json)
         engine = create_engine(config.database_url)
         http_client = create_http_client()
         stripe_client = (
