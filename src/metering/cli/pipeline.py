@@ -3,14 +3,13 @@
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -24,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import accounts, drain, keys, migrate
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
+from metering.cli.stack import DATA_DIR, local_stack
 from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.emitter import AsyncEmitter
 from metering.events import UsageEvent
 from metering.models import CreditTransaction, MAACExperiment
 from metering.pricing.money import USD_PER_CREDIT
+from metering.processes import ProcessGroup
 from metering.reconcile import find_violations
 from metering.settings import get_settings
 
@@ -226,26 +227,30 @@ def _text(value: bytes | str) -> str:
 def demo(
     seconds: float = typer.Option(4.0, help="How long the simulated runner emits events."),
     rate: int = typer.Option(50, help="Events per second emitted by the runner."),
+    data_dir: Path = DATA_DIR,
 ) -> None:
     """Run the pipeline end to end: a simulated experiment runner emits usage across providers
     and models (with a retried duplicate and a malformed event), a worker charges it, and the
-    summary shows what was charged, the balances, the dead letters and the reconcile result."""
-    settings = get_settings()
-    worker = None if _workers() else _start_worker()
-    try:
-        summary = run(lambda: _demo(seconds, rate))
-    finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(30)
-    _print_summary(summary, settings.metering_redis_prefix)
+    summary shows what was charged, the balances, the dead letters and the reconcile result.
+
+    Uses DATABASE_URL and REDIS_URL when both are set, embedded services otherwise."""
+    with local_stack(data_dir) as services:
+        workers = ProcessGroup(services.environment(), output=None)
+        try:
+            if not _workers():
+                _start_worker(workers)
+            summary = run(lambda: _demo(seconds, rate))
+        finally:
+            workers.stop()
+    _print_summary(summary, get_settings().metering_redis_prefix)
     if summary["violations"]:
         raise typer.Exit(1)
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
+def _start_worker(group: ProcessGroup) -> None:
     console.print("no worker answering: starting one on the usage queue")
-    worker = subprocess.Popen(
+    worker = group.start(
+        "worker",
         [
             sys.executable,
             "-m",
@@ -264,17 +269,13 @@ def _start_worker() -> subprocess.Popen[bytes]:
             "-l",
             "WARNING",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while not _workers():
-        if worker.poll() is not None or time.monotonic() > deadline:
+        if worker.process.poll() is not None or time.monotonic() > deadline:
             fail(
                 "the demo worker did not start; run `celery -A metering.celery_app worker -Q usage`"
             )
-    return worker
 
 
 async def _demo(seconds: float, rate: int) -> dict[str, Any]:
