@@ -3,12 +3,13 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from metering.processes import celery_command
 
 READY_TIMEOUT_S = 60
 
@@ -20,12 +21,7 @@ class Worker:
         self.log: list[str] = []
         self._ready = threading.Event()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "metering.celery_app",
+            celery_command(
                 "worker",
                 "-Q",
                 queues,
@@ -39,7 +35,7 @@ class Worker:
                 f"test-{queues}-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "-l",
                 "INFO",
-            ],
+            ),
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

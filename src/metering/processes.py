@@ -20,6 +20,11 @@ STOP_GRACE_S = 20.0
 NAME_WIDTH = 8
 
 
+def celery_command(*args: str) -> list[str]:
+    """`celery -A metering.celery_app ARGS...` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "metering.celery_app", *args]
+
+
 @dataclass
 class Child:
     name: str

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import os
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -29,7 +28,7 @@ from metering.emitter import AsyncEmitter
 from metering.events import UsageEvent
 from metering.models import CreditTransaction, MAACExperiment
 from metering.pricing.money import USD_PER_CREDIT
-from metering.processes import ProcessGroup
+from metering.processes import ProcessGroup, celery_command
 from metering.reconcile import find_violations
 from metering.settings import get_settings
 
@@ -251,12 +250,7 @@ def _start_worker(group: ProcessGroup) -> None:
     console.print("no worker answering: starting one on the usage queue")
     worker = group.start(
         "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "metering.celery_app",
+        celery_command(
             "worker",
             "-Q",
             "usage",
@@ -268,7 +262,7 @@ def _start_worker(group: ProcessGroup) -> None:
             f"demo-{os.getpid()}@%h",
             "-l",
             "WARNING",
-        ],
+        ),
     )
     deadline = time.monotonic() + 60
     while not _workers():

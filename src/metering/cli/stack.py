@@ -14,7 +14,7 @@ from metering import accounts, migrate
 from metering.cli.app import app
 from metering.cli.common import console, in_database, run
 from metering.embedded import DEFAULT_DATA_DIR, Services, local_services
-from metering.processes import ProcessGroup
+from metering.processes import ProcessGroup, celery_command
 from metering.settings import get_settings, to_asyncpg_url
 
 DATA_DIR = typer.Option(DEFAULT_DATA_DIR, help="Folder of the embedded services' data.")
@@ -54,10 +54,6 @@ def prepare_database() -> None:
     in_database(accounts.seed)
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "metering.celery_app", *args]
-
-
 @app.command()
 def dev(
     data_dir: Path = DATA_DIR,
@@ -72,7 +68,8 @@ def dev(
         if not flower_auth:
             flower_auth = f"metering:{secrets.token_urlsafe(12)}"
             console.print(f"Flower basic auth (FLOWER_BASIC_AUTH not set): {flower_auth}")
-        group = ProcessGroup(services.environment())
+        # Flower reads FLOWER_BASIC_AUTH itself: no credentials on a command line (ps shows those).
+        group = ProcessGroup({**services.environment(), "FLOWER_BASIC_AUTH": flower_auth})
         beat_schedule = (services.data_dir or Path(".")) / "beat-schedule"
         try:
             group.start(
@@ -88,17 +85,16 @@ def dev(
                     str(port),
                 ],
             )
-            group.start("worker", _celery("worker", "-Q", "usage", "-n", "usage@%h", "-c", "2"))
-            group.start("stripe", _celery("worker", "-Q", "stripe", "-n", "stripe@%h", "-c", "1"))
-            group.start("beat", _celery("beat", "-s", str(beat_schedule)))
+            group.start(
+                "worker", celery_command("worker", "-Q", "usage", "-n", "usage@%h", "-c", "2")
+            )
+            group.start(
+                "stripe", celery_command("worker", "-Q", "stripe", "-n", "stripe@%h", "-c", "1")
+            )
+            group.start("beat", celery_command("beat", "-s", str(beat_schedule)))
             group.start(
                 "flower",
-                _celery(
-                    "flower",
-                    "--address=127.0.0.1",
-                    f"--port={flower_port}",
-                    f"--basic-auth={flower_auth}",
-                ),
+                celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}"),
             )
             console.print(
                 f"web on http://127.0.0.1:{port}, Flower on http://127.0.0.1:{flower_port}; "
