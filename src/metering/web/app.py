@@ -16,11 +16,13 @@ from metering.accounts import NotFound
 from metering.db import create_engine, make_sessionmaker
 from metering.errors import ConfigurationError, MeteringError, PermanentError
 from metering.logs import configure_logging, get_logger, redact_text
+from metering.pricing import PricingError
+from metering.reports import InvalidQuery
 from metering.settings import Settings, get_settings
 from metering.stripe import checkout as stripe_checkout
 from metering.stripe.client import close_http_client, create_client, create_http_client
 from metering.stripe.webhooks import InvalidWebhook
-from metering.web import checkout, webhooks
+from metering.web import checkout, experiments, health, users, webhooks
 from metering.web.auth import Unauthorized
 from metering.web.deps import Enqueue, WebState
 
@@ -65,6 +67,9 @@ def create_app(
     app = FastAPI(title="metering", lifespan=lifespan)
     app.include_router(checkout.router)
     app.include_router(webhooks.router)
+    app.include_router(users.router)
+    app.include_router(experiments.router)
+    app.include_router(health.router)
     app.add_exception_handler(MeteringError, _metering_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
@@ -78,6 +83,8 @@ def _status_of(error: MeteringError) -> int:
     if isinstance(error, InvalidWebhook):
         return 400
     if isinstance(error, stripe_checkout.InvalidPurchase | stripe_checkout.UnknownPack):
+        return 422
+    if isinstance(error, InvalidQuery | PricingError):
         return 422
     if isinstance(error, stripe_checkout.StripeRequestFailed):
         return 503 if error.unavailable else 502

@@ -1,0 +1,103 @@
+"""`GET /experiments/{id}/usage` and `POST /experiments/{id}/estimate` (bearer token)."""
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from metering import estimates, reports
+from metering.db import session_scope
+from metering.pricing import EstimateItem, get_catalog
+from metering.web.auth import require_api_token
+from metering.web.deps import State
+from metering.web.usage_models import UsageGroupModel
+
+router = APIRouter(
+    prefix="/experiments", tags=["experiments"], dependencies=[Depends(require_api_token)]
+)
+
+
+class ExperimentUsageResponse(BaseModel):
+    """Usage by provider and model, its total, and the estimate beside what was used.
+
+    `total.credits` equals `credits_used`; `estimate_delta` = `credits_used` -
+    `estimated_credits` (positive: over the estimate), null without an estimate."""
+
+    experiment_id: str
+    name: str
+    status: str
+    user_id: str | None
+    api_key_mode: str
+    estimated_credits: int | None
+    credits_used: int
+    exact_credits_used: str
+    estimate_delta: int | None
+    by_model: list[UsageGroupModel]
+    total: UsageGroupModel
+
+
+class EstimateRequest(BaseModel):
+    """Expected calls per provider and model, with the tokens of each call.
+
+    `at` picks the prices in force then (default: now)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: Annotated[list[EstimateItem], Field(min_length=1, max_length=1000)]
+    at: AwareDatetime | None = None
+
+
+class EstimateResponse(BaseModel):
+    """The stored `estimatedCredits` and whether the owner's balance covers it.
+
+    `covered`, `balance` and `shortfall` are null for an experiment without an owner."""
+
+    experiment_id: str
+    api_key_mode: str
+    estimated_credits: int
+    user_id: str | None
+    balance: int | None
+    covered: bool | None
+    shortfall: int | None
+
+
+@router.get("/{experiment_id}/usage")
+async def get_usage(experiment_id: str, state: State) -> ExperimentUsageResponse:
+    """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
+    async with session_scope(state.sessions) as session:
+        usage = await reports.experiment_usage(session, experiment_id)
+    return ExperimentUsageResponse(
+        experiment_id=usage.experiment_id,
+        name=usage.name,
+        status=usage.status,
+        user_id=usage.user_id,
+        api_key_mode=usage.api_key_mode,
+        estimated_credits=usage.estimated_credits,
+        credits_used=usage.credits_used,
+        exact_credits_used=str(usage.exact_credits_used),
+        estimate_delta=usage.estimate_delta,
+        by_model=[UsageGroupModel.of(group) for group in usage.groups],
+        total=UsageGroupModel.of(usage.total),
+    )
+
+
+@router.post("/{experiment_id}/estimate")
+async def post_estimate(
+    experiment_id: str, body: EstimateRequest, state: State
+) -> EstimateResponse:
+    """Price the expected calls under the experiment's apiKeyMode, markup and platform fee,
+    store `estimatedCredits`, and say whether the owner's balance covers it.
+    422 for an unpriced model or tier, 404 for an unknown experiment."""
+    config = state.settings
+    async with session_scope(state.sessions) as session:
+        estimate = await estimates.record_estimate(
+            session,
+            experiment_id,
+            body.items,
+            catalog=get_catalog(config.metering_price_catalog),
+            markup=config.metering_markup,
+            platform_fee_usd_per_million=config.metering_platform_fee_usd_per_million,
+            at=body.at or datetime.now(UTC),
+        )
+    return EstimateResponse(**vars(estimate))
