@@ -27,11 +27,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
 
-from metering import halt, keys, ledger
+from metering import halt, keys, ledger, metrics
+from metering.alerts import LowBalanceAlert, note_balances
 from metering.db import run_in_transaction
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD
 from metering.ingest import (
+    CONFLICT_REASON,
     DeadLetter,
     Entry,
     Parsed,
@@ -74,6 +76,7 @@ class DrainConfig:
     lock_ms: int
     budget_s: float
     halt_threshold: int
+    low_balance_credits: int
     markup: Decimal
     platform_fee_usd_per_million: Decimal
     catalog: Catalog
@@ -90,6 +93,7 @@ class DrainConfig:
             lock_ms=settings.metering_drain_lock_ms,
             budget_s=settings.metering_drain_budget_s,
             halt_threshold=settings.metering_halt_threshold,
+            low_balance_credits=settings.metering_low_balance_credits,
             markup=settings.metering_markup,
             platform_fee_usd_per_million=settings.metering_platform_fee_usd_per_million,
             catalog=get_catalog(settings.metering_price_catalog),
@@ -112,6 +116,7 @@ class BatchReport:
     dead: int = 0
     retrying: int = 0
     halted: list[str] = field(default_factory=list)
+    low_balance: list[LowBalanceAlert] = field(default_factory=list)
     more: bool = False
     skipped: bool = False
 
@@ -123,6 +128,7 @@ class BatchReport:
         self.dead += other.dead
         self.retrying += other.retrying
         self.halted += other.halted
+        self.low_balance += other.low_balance
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -133,6 +139,7 @@ class BatchReport:
             "dead": self.dead,
             "retrying": self.retrying,
             "halted": self.halted,
+            "low_balance": [alert.user_id for alert in self.low_balance],
             "more": self.more,
             "skipped": self.skipped,
         }
@@ -201,8 +208,10 @@ async def process_batch(
 
     Side effects, in order: one database transaction (retried whole on deadlocks); XADD of dead
     letters; halt flags for experiments whose owner's balance is at or below the threshold;
-    XACK of every entry except those still waiting for their experiment.
+    low-balance alerts published; XACK of every entry except those still waiting for their
+    experiment; metrics.
     """
+    started = time.monotonic()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     report = BatchReport(read=len(entries))
     worn = [e for e in entries if e.deliveries > config.max_deliveries]
@@ -215,6 +224,7 @@ async def process_batch(
     )
     priced, unpriced = price_events(parsed, config.catalog)
     charged = await _charge_isolating_failures(sessions, config, priced)
+    committed_ms = time.time() * 1000
     dead += invalid + unpriced + charged.dead
 
     retrying = []
@@ -240,12 +250,58 @@ async def process_batch(
     report.dead = len(dead)
     report.retrying = len(retrying)
     report.halted = await _halt_low_balances(redis, config, outcome)
+    report.low_balance = await note_balances(
+        redis, config.prefix, outcome.balances, config.low_balance_credits
+    )
 
     waiting = {e.entry_id for e in retrying}
     await _dead_letter_and_ack(
         redis, config.prefix, entries[0].stream if entries else "", dead, waiting, entries
     )
+    _observe(report, priced, outcome, dead, committed_ms, time.monotonic() - started)
     return report
+
+
+def _observe(
+    report: BatchReport,
+    priced: Sequence[Priced],
+    outcome: ledger.UsageOutcome,
+    dead: Sequence[DeadLetter],
+    committed_ms: float,
+    seconds: float,
+) -> None:
+    """Metrics of a committed, acknowledged batch. An event's age runs from its entry's id
+    (the time Redis added it, i.e. its publication) to the commit of its charge."""
+    recorded = set(outcome.charged) | set(outcome.unbilled)
+    charged = set(outcome.charged)
+    ages: list[float] = []
+    credits: dict[tuple[str, str], int] = {}
+    for item in priced:
+        event = item.parsed.event
+        if event.event_id not in recorded:
+            continue
+        recorded.discard(event.event_id)  # the first entry of an id is the one charged
+        ages.append(max(0.0, committed_ms - item.parsed.entry.added_at_ms) / 1000)
+        if event.event_id in charged:
+            key = (event.provider, event.model)
+            credits[key] = credits.get(key, 0) - outcome.amounts.get(event.event_id, 0)
+    metrics.observe_batch(
+        seconds=seconds,
+        outcomes={
+            "received": report.read,
+            "charged": report.charged,
+            "unbilled": report.unbilled,
+            "duplicate": report.duplicates,
+            "dead_lettered": report.dead,
+            "retrying": report.retrying,
+        },
+        dead_reasons=[letter.reason for letter in dead],
+        conflicts=sum(1 for letter in dead if letter.reason == CONFLICT_REASON),
+        ages_s=ages,
+        credits=credits,
+        halted=len(report.halted),
+        alerts=len(report.low_balance),
+    )
 
 
 async def _charge_isolating_failures(

@@ -95,10 +95,13 @@ def parse_entries(
     return parsed, dead, repeats
 
 
+CONFLICT_REASON = "conflicting_duplicate"
+
+
 def conflict(entry: Entry, event_id: str) -> DeadLetter:
     return DeadLetter(
         entry,
-        "conflicting_duplicate",
+        CONFLICT_REASON,
         f"event {event_id} was already received with a different payload; the first one stands",
         event_id,
     )

@@ -42,6 +42,16 @@ def halted_experiments(prefix: str, user_id: str) -> str:
     return f"{prefix}:halted:{user_id}"
 
 
+def low_balance_flag(prefix: str, user_id: str) -> str:
+    """Set while a user is below the low-balance threshold and has been alerted about it."""
+    return f"{prefix}:low-balance:{user_id}"
+
+
+def alerts_channel(prefix: str) -> str:
+    """The pub/sub channel alerts are published on (one JSON message per alert)."""
+    return f"{prefix}:alerts"
+
+
 def celery_prefix(prefix: str) -> str:
     """Prefix of every key Celery's Redis broker writes."""
     return f"{prefix}:celery:"

@@ -4,10 +4,13 @@ Workers and the web app are separate processes (Celery prefork children, uvicorn
 metrics use prometheus-client's multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set: every
 process on a host writes to that folder and `/metrics` (or `metering metrics serve` on a host
 without the web app) adds them up. Stream gauges are read from Redis at scrape time.
+
+Metrics are updated after the work they count is committed, by the drain and the Stripe
+processing (`observe_*`); the ledger and pricing never touch them.
 """
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -15,9 +18,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The text exposition format Prometheus scrapes."""
+
+if multiprocess_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Each process writes its values to files there from its first metric on; the folder may
+    # be fresh (an emptied tmpfs, a new container), so make sure it exists first.
+    os.makedirs(multiprocess_dir, exist_ok=True)
+
 USAGE_EVENTS = Counter(
     "metering_usage_events_total",
-    "Usage events by outcome: received, charged, unbilled, duplicate, dead_lettered.",
+    "Usage stream entries by outcome: received, charged, unbilled, duplicate, dead_lettered, "
+    "retrying (awaiting their experiment).",
     ["outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -34,7 +46,7 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "metering_batch_seconds",
-    "Time to drain one batch: read, validate, price, commit, acknowledge.",
+    "Time to process one batch read from a stream: validate, price, commit, acknowledge.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 EVENT_AGE_SECONDS = Histogram(
@@ -58,6 +70,43 @@ HALT_FLAGS = Counter(
 LOW_BALANCE_ALERTS = Counter(
     "metering_low_balance_alerts_total", "Users that crossed the low-balance threshold."
 )
+
+
+def observe_batch(
+    *,
+    seconds: float,
+    outcomes: Mapping[str, int],
+    dead_reasons: Iterable[str],
+    conflicts: int,
+    ages_s: Iterable[float],
+    credits: Mapping[tuple[str, str], int],
+    halted: int,
+    alerts: int,
+) -> None:
+    """Count one committed batch: entries by outcome (`received` is the batch size), dead
+    letters by reason, event ages at commit, credits by (provider, model), new halts and alerts."""
+    BATCH_SIZE.observe(outcomes.get("received", 0))
+    BATCH_SECONDS.observe(seconds)
+    for outcome, count in outcomes.items():
+        if count:
+            USAGE_EVENTS.labels(outcome).inc(count)
+    for reason in dead_reasons:
+        DEAD_LETTERS.labels(reason).inc()
+    if conflicts:
+        PAYLOAD_CONFLICTS.inc(conflicts)
+    for age in ages_s:
+        EVENT_AGE_SECONDS.observe(age)
+    for (provider, model), amount in credits.items():
+        if amount:
+            CREDITS_CHARGED.labels(provider, model).inc(amount)
+    if halted:
+        HALT_FLAGS.inc(halted)
+    if alerts:
+        LOW_BALANCE_ALERTS.inc(alerts)
+
+
+def observe_stripe_event(event_type: str, outcome: str) -> None:
+    STRIPE_EVENTS.labels(event_type, outcome).inc()
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     """USD per million tokens charged for `apiKeyMode = own`."""
     metering_halt_threshold: int = 0
     """Credits: at or below this balance a user's running experiments are told to stop."""
+    metering_low_balance_credits: int = 1000
+    """Credits: a user whose balance falls to this or below gets one low-balance alert."""
+    metering_alert_webhook_url: str | None = None
+    """Where low-balance alerts are POSTed (signed); unset: Redis pub/sub only."""
+    metering_alert_webhook_secret: SecretStr = SecretStr("")
+    """Shared secret of the alert webhook's HMAC-SHA256 signature."""
     metering_log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metering_log_json: bool = True
     """One JSON object per line; false for a human-readable console format."""

@@ -1,9 +1,20 @@
 """The `metering` command line: each module registers its commands on the shared app."""
 
-from metering.cli import database, ledger, pipeline, pricing, reports, stack, stripe
+from metering.cli import database, ledger, metrics, pipeline, pricing, reports, stack, stripe
 from metering.cli.app import app
 
-__all__ = ["app", "database", "ledger", "main", "pipeline", "pricing", "reports", "stack", "stripe"]
+__all__ = [
+    "app",
+    "database",
+    "ledger",
+    "main",
+    "metrics",
+    "pipeline",
+    "pricing",
+    "reports",
+    "stack",
+    "stripe",
+]
 
 
 def main() -> None:

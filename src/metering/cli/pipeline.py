@@ -20,6 +20,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts, drain, keys, migrate
+from metering.backlog import read_backlog
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.stack import DATA_DIR, local_stack
@@ -168,22 +169,16 @@ def status(as_json: bool = JSON) -> None:
     async def main() -> dict[str, Any]:
         settings = get_settings()
         client = _redis()
-        prefix = settings.metering_redis_prefix
         try:
-            streams = []
-            for stream in keys.usage_streams(prefix, settings.metering_usage_shards):
-                length = await client.xlen(stream)
-                pending, lag = 0, 0
-                if length or await client.exists(stream):
-                    for group in await client.xinfo_groups(stream):
-                        if _text(group["name"]) == keys.CONSUMER_GROUP:
-                            pending = int(group["pending"])
-                            lag = int(group["lag"] or 0)
-                streams.append({"stream": stream, "length": length, "pending": pending, "lag": lag})
-            dead = await client.xlen(keys.dead_letter_stream(prefix))
+            backlog = await read_backlog(
+                client, settings.metering_redis_prefix, settings.metering_usage_shards
+            )
         finally:
             await client.aclose()
-        return {"streams": streams, "dead_letters": dead}
+        return {
+            "streams": [asdict(stream) for stream in backlog.streams],
+            "dead_letters": backlog.dead_letters,
+        }
 
     result = run(main)
     result["workers"] = _workers()
@@ -216,10 +211,6 @@ def _kick_drains() -> None:
     """Ask for a drain of every shard now (beat does this every second when it runs)."""
     for shard in range(get_settings().metering_usage_shards):
         _celery().send_task("metering.usage.drain", args=(shard,), expires=5)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @app.command()

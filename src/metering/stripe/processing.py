@@ -20,6 +20,7 @@ from metering.db import first_line, run_in_transaction
 from metering.errors import MeteringError, PermanentError, TransientError
 from metering.halt import clear_halt
 from metering.logs import redact_text
+from metering.metrics import observe_stripe_event
 from metering.models import StripeEvent
 from metering.stripe import handlers
 from metering.stripe.handlers import Outcome
@@ -117,15 +118,21 @@ async def process_event(
         return Processed(event_id, row.type, handled.outcome, already, handled.user_id, wake)
 
     try:
-        return await run_in_transaction(sessions, work)
+        processed = await run_in_transaction(sessions, work)
     except UnknownEvent:
         raise
     except Exception as error:
-        outcome = await _record_failure(sessions, event_id, error)
+        event_type, outcome = await _record_failure(sessions, event_id, error)
+        observe_stripe_event(event_type, outcome.value)
         message = f"Stripe event {event_id}: {describe(error)}"
         if outcome is Outcome.FAILED:
             raise EventFailed(message) from error
         raise EventRetrying(message) from error
+    observe_stripe_event(
+        processed.type,
+        "already_processed" if processed.already_processed else processed.outcome.value,
+    )
+    return processed
 
 
 async def after_commit(redis: Redis, prefix: str, processed: Processed) -> list[str]:
@@ -200,14 +207,16 @@ def describe(error: BaseException) -> str:
 
 async def _record_failure(
     sessions: async_sessionmaker[AsyncSession], event_id: str, error: BaseException
-) -> Outcome:
-    async def work(session: AsyncSession) -> Outcome:
-        outcome = await session.scalar(
+) -> tuple[str, Outcome]:
+    """Record the failure on the event's row; returns its type and its outcome now."""
+
+    async def work(session: AsyncSession) -> tuple[str, Outcome]:
+        result = await session.execute(
             text(
                 'UPDATE "StripeEvent" SET attempts = attempts + 1, "lastError" = :error, '
                 "outcome = CASE WHEN :permanent OR attempts + 1 >= :max "
                 "THEN 'failed' ELSE 'retrying' END "
-                'WHERE id = :id AND "processedAt" IS NULL RETURNING outcome'
+                'WHERE id = :id AND "processedAt" IS NULL RETURNING type, outcome'
             ),
             {
                 "id": event_id,
@@ -216,6 +225,9 @@ async def _record_failure(
                 "max": MAX_ATTEMPTS,
             },
         )
-        return Outcome(outcome) if outcome is not None else Outcome.RETRYING
+        row = result.one_or_none()
+        if row is None:  # processed meanwhile by another delivery
+            return "unknown", Outcome.RETRYING
+        return row.type, Outcome(row.outcome)
 
     return await run_in_transaction(sessions, work)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from metering import alerts
 from metering.celery_app import STRIPE_QUEUE, app
 from metering.errors import TransientError
 from metering.logs import get_logger
@@ -32,6 +33,16 @@ def process_event(event_id: str) -> dict[str, Any]:
         )
     )
     rt.run(processing.after_commit(rt.redis, rt.settings.metering_redis_prefix, processed))
+    if processed.user_id is not None:
+        rt.run(
+            alerts.rearm_if_recovered(
+                rt.redis,
+                rt.sessions,
+                rt.settings.metering_redis_prefix,
+                processed.user_id,
+                rt.settings.metering_low_balance_credits,
+            )
+        )
     for woken in processed.wake_event_ids:
         process_event.apply_async((woken,), queue=STRIPE_QUEUE)
     log.info("stripe event processed", **processed.summary())

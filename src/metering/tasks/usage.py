@@ -8,6 +8,7 @@ from metering import drain
 from metering.celery_app import app
 from metering.errors import TransientError
 from metering.tasks import runtime
+from metering.tasks.alerts import deliver as deliver_alert
 
 RETRY = {
     "autoretry_for": (TransientError, ConnectionError, OSError),
@@ -30,6 +31,7 @@ def drain_task(shard: int = 0) -> dict[str, Any]:
     report = current.run(drain.drain_stream(current.redis, current.sessions, _config(), shard))
     if report.more:
         drain_task.delay(shard)
+    _send_alerts(report)
     return report.summary()
 
 
@@ -40,4 +42,12 @@ def reclaim_task(shard: int = 0) -> dict[str, Any]:
     report = current.run(drain.reclaim_stream(current.redis, current.sessions, _config(), shard))
     if report.more:
         reclaim_task.delay(shard)
+    _send_alerts(report)
     return report.summary()
+
+
+def _send_alerts(report: drain.BatchReport) -> None:
+    """Hand new low-balance alerts to their own task, when there is a webhook to call."""
+    if runtime.get_runtime().settings.metering_alert_webhook_url:
+        for alert in report.low_balance:
+            deliver_alert.delay(alert.document())

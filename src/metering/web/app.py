@@ -25,6 +25,7 @@ from metering.stripe.webhooks import InvalidWebhook
 from metering.web import checkout, experiments, health, users, webhooks
 from metering.web.auth import Unauthorized
 from metering.web.deps import Enqueue, WebState
+from metering.web.metrics import router as metrics_router
 
 log = get_logger(__name__)
 
@@ -67,6 +68,7 @@ def create_app(
     app = FastAPI(title="metering", lifespan=lifespan)
     app.include_router(checkout.router)
     app.include_router(webhooks.router)
+    app.include_router(metrics_router)
     app.include_router(users.router)
     app.include_router(experiments.router)
     app.include_router(health.router)

@@ -1,0 +1,38 @@
+"""`GET /metrics`: this host's Prometheus metrics plus the usage streams' backlog.
+
+No authentication: Prometheus scrapes it; expose it on an internal network only. Stream gauges
+are read from Redis at each scrape; if Redis does not answer, the other metrics are still served.
+"""
+
+from fastapi import APIRouter, Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from metering.backlog import read_backlog
+from metering.logs import get_logger
+from metering.metrics import CONTENT_TYPE, StreamCollector, render
+from metering.web.deps import State
+
+router = APIRouter(tags=["operations"])
+log = get_logger(__name__)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    """Prometheus text exposition (version 0.0.4)."""
+    settings = state.settings
+    collector: StreamCollector | None = None
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        backlog = await read_backlog(
+            redis, settings.metering_redis_prefix, settings.metering_usage_shards
+        )
+        collector = backlog.collector()
+    except (RedisError, OSError) as error:
+        log.warning("stream gauges left out of /metrics: Redis did not answer", error=str(error))
+    finally:
+        await redis.aclose()
+    # Reads every process's files in the multiprocess folder: keep it off the event loop.
+    body = await run_in_threadpool(render, collector)
+    return Response(body, media_type=CONTENT_TYPE)
