@@ -2,7 +2,9 @@
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,9 +70,19 @@ def dev(
         if not flower_auth:
             flower_auth = f"metering:{secrets.token_urlsafe(12)}"
             console.print(f"Flower basic auth (FLOWER_BASIC_AUTH not set): {flower_auth}")
-        # Flower reads FLOWER_BASIC_AUTH itself: no credentials on a command line (ps shows those).
-        group = ProcessGroup({**services.environment(), "FLOWER_BASIC_AUTH": flower_auth})
-        beat_schedule = (services.data_dir or Path(".")) / "beat-schedule"
+        state_dir = services.data_dir or Path(tempfile.mkdtemp(prefix="metering-dev-"))
+        # Every process of this stack writes its metrics here; web's /metrics adds them up.
+        metrics_dir = state_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        environment = {
+            **services.environment(),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            # Flower reads this itself: no credentials on a command line (ps shows those).
+            "FLOWER_BASIC_AUTH": flower_auth,
+        }
+        group = ProcessGroup(environment)
+        beat_schedule = state_dir / "beat-schedule"
         try:
             group.start(
                 "web",
@@ -107,3 +119,5 @@ def dev(
             console.print("stopping")
         finally:
             group.stop()
+            if services.data_dir is None:
+                shutil.rmtree(state_dir, ignore_errors=True)
