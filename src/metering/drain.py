@@ -22,14 +22,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
 
 from metering import halt, keys, ledger, metrics
 from metering.alerts import LowBalanceAlert, note_balances
-from metering.db import run_in_transaction
+from metering.db import run_in_transaction, session_scope
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD
 from metering.ingest import (
@@ -44,6 +44,7 @@ from metering.ingest import (
     split,
     to_charges,
 )
+from metering.models import MAACExperiment
 from metering.pricing import Catalog, get_catalog
 from metering.settings import Settings
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 CONSUMER = "drain"
 """Every stream has one consumer name: only the holder of the stream's lock reads it."""
 OWNER_CHANGE_ATTEMPTS = 3
+FINISHED_STATUSES = ("completed", "failed", "cancelled")
+"""Experiment statuses that no longer run: their halt flags are not raised."""
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -249,7 +252,7 @@ async def process_batch(
     report.duplicates = charged.duplicates + len(repeats)
     report.dead = len(dead)
     report.retrying = len(retrying)
-    report.halted = await _halt_low_balances(redis, config, outcome)
+    report.halted = await _halt_low_balances(redis, sessions, config, outcome)
     report.low_balance = await note_balances(
         redis, config.prefix, outcome.balances, config.low_balance_credits
     )
@@ -412,13 +415,28 @@ async def _conflicts(
 
 
 async def _halt_low_balances(
-    redis: Redis, config: DrainConfig, outcome: ledger.UsageOutcome
+    redis: Redis,
+    sessions: async_sessionmaker[AsyncSession],
+    config: DrainConfig,
+    outcome: ledger.UsageOutcome,
 ) -> list[str]:
-    """Raise the halt flag of this batch's experiments whose owner is at or below the threshold."""
+    """Raise the halt flag of every unfinished experiment of each user whose balance is at or
+    below the threshold: the batch's experiments, and any other the user has running."""
     low = {u: b for u, b in outcome.balances.items() if b <= config.halt_threshold}
+    if not low:
+        return []
+    async with session_scope(sessions) as session:
+        rows = await session.execute(
+            select(MAACExperiment.id, MAACExperiment.user_id).where(
+                MAACExperiment.user_id.in_(low),
+                MAACExperiment.status.not_in(FINISHED_STATUSES),
+            )
+        )
+        unfinished = [(experiment_id, user_id) for experiment_id, user_id in rows]
     halted: list[str] = []
     for user_id, balance in sorted(low.items()):
-        experiments = [e for e, owner in outcome.owners.items() if owner == user_id]
+        experiments = {e for e, owner in outcome.owners.items() if owner == user_id}
+        experiments |= {e for e, owner in unfinished if owner == user_id}
         reason = f"balance {balance} credits is at or below {config.halt_threshold}"
         halted += await halt.raise_halt(redis, config.prefix, user_id, experiments, reason)
     return halted

@@ -7,10 +7,12 @@ from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import update
 
 from metering import drain, halt, keys
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
+from metering.models import MAACExperiment
 from metering.settings import get_settings
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import (
@@ -297,3 +299,26 @@ def test_shard_out_of_range_is_refused(config: drain.DrainConfig) -> None:
     with pytest.raises(Exception, match="shard 1"):
         config.stream(1)
     assert keys.usage_streams(config.prefix, 1) == [config.stream(0)]
+
+
+async def test_budget_stop_halts_the_users_other_unfinished_experiments(
+    redis: Redis, sessions: Sessions, config: drain.DrainConfig
+) -> None:
+    user_id, experiment_id = await owner(sessions, credits=1)
+    async with session_scope(sessions) as session:
+        idle = await create_experiment(session, user_id)
+        finished = await create_experiment(session, user_id)
+        await session.execute(
+            update(MAACExperiment).where(MAACExperiment.id == finished).values(status="completed")
+        )
+    emitter = AsyncEmitter(redis, prefix=config.prefix)
+    await emitter.emit_many([event(experiment_id, n) for n in range(3)])
+
+    report = await drain_all(redis, sessions, config)
+
+    assert sorted(report.halted) == sorted([experiment_id, idle])
+    assert await emitter.should_stop(idle)
+    assert not await emitter.should_stop(finished)
+    assert sorted(await halt.clear_halt(redis, config.prefix, user_id)) == sorted(
+        [experiment_id, idle]
+    )
