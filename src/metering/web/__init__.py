@@ -1,4 +1,4 @@
-"""The ASGI app (`metering.web:app`): Checkout, the Stripe webhook, the read API, health, metrics."""
+"""The ASGI app (`metering.web:app`): Checkout, Stripe webhooks, read API, health, metrics."""
 
 from metering.web.app import create_app
 
