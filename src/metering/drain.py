@@ -473,12 +473,12 @@ async def _dead_letter_and_ack(
 
 
 def dead_letter_fields(letter: DeadLetter, dead_at: str) -> dict[FieldT, EncodableT]:
-    """A dead-letter entry: the original payload, why, and where it came from."""
+    """A dead-letter entry: the original payload (byte for byte), why, and where it came from."""
     return {
-        "event": letter.entry.payload(),
+        "event": _raw(letter.entry.payload()),
         "reason": letter.reason,
-        "detail": letter.detail,
-        "event_id": letter.event_id or "",
+        "detail": _raw(letter.detail),
+        "event_id": _raw(letter.event_id or ""),
         "stream": letter.entry.stream,
         "entry_id": letter.entry.entry_id,
         "deliveries": str(letter.entry.deliveries),
@@ -587,7 +587,17 @@ async def trim_acknowledged(redis: Redis, stream: str) -> None:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """UTF-8 text; bytes that are not UTF-8 are kept as lone surrogates, so that such an entry is
+    dead-lettered (`ingest.parse_entries`) instead of failing its whole batch on every read."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _raw(value: str) -> bytes:
+    """The bytes `_text` read; a lone surrogate from a JSON escape is written escaped."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace")
 
 
 def _fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
@@ -650,7 +660,7 @@ async def replay_dead_letters(
                 if experiment_id is not None
                 else keys.usage_stream(prefix, 0 if shards > 1 else None)
             )
-            pipe.xadd(stream, {STREAM_FIELD: record.payload})
+            pipe.xadd(stream, {STREAM_FIELD: _raw(record.payload)})
             pipe.xdel(keys.dead_letter_stream(prefix), record.dead_id)
         results = await pipe.execute()
     return [(r.dead_id, _text(results[2 * i])) for i, r in enumerate(records)]

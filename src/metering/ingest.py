@@ -22,7 +22,9 @@ MAX_DETAIL = 500
 
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry as read: its stream, id, raw fields, and deliveries so far (>= 1)."""
+    """One stream entry as read: its stream, id, raw fields, and deliveries so far (>= 1).
+
+    Field bytes that are not UTF-8 are held as lone surrogates (`surrogateescape`)."""
 
     stream: str
     entry_id: str
@@ -80,6 +82,9 @@ def parse_entries(
         raw = entry.fields.get(STREAM_FIELD)
         if raw is None:
             dead.append(DeadLetter(entry, "missing_event", f"entry has no {STREAM_FIELD!r} field"))
+            continue
+        if not _is_utf8(raw):
+            dead.append(DeadLetter(entry, "invalid_event", "the event is not UTF-8 text"))
             continue
         try:
             event = parse_event(raw)
@@ -214,6 +219,15 @@ def describe(error: ValidationError) -> str:
         location = ".".join(str(part) for part in item["loc"]) or "event"
         parts.append(f"{location}: {item['msg']}")
     return "; ".join(parts)[:MAX_DETAIL]
+
+
+def _is_utf8(raw: str) -> bool:
+    """False when the entry's bytes were not UTF-8 (the drain keeps them as lone surrogates)."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _event_id(raw: str) -> str | None:
