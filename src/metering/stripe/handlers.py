@@ -194,43 +194,29 @@ async def claw_back_refund(session: AsyncSession, event: Mapping[str, Any]) -> H
 @handles("charge.dispute.created")
 async def claw_back_dispute(session: AsyncSession, event: Mapping[str, Any]) -> Handled:
     """Claw back the credits of the disputed amount, keyed by the dispute id."""
-    dispute = _object(event)
-    payment_intent = _id_of(dispute.get("payment_intent"))
-    if payment_intent is None:
-        return Handled(Outcome.IGNORED)
-    await _lock_payment(session, payment_intent)
-    purchase = await find_purchase(session, payment_intent)
-    if purchase is None:
-        return Handled(Outcome.AWAITING_PURCHASE)
-    clawback = await _dispute_clawback(session, event, purchase, payment_intent)
-    if clawback is None:
-        return Handled(Outcome.NOTHING_TO_CLAW_BACK)
-    return Handled(Outcome.CLAWED_BACK if clawback.created else Outcome.ALREADY_RECORDED)
+    state = await _dispute_with_clawback(session, event)
+    if isinstance(state, Handled):
+        return state
+    return Handled(Outcome.CLAWED_BACK if state.clawback.created else Outcome.ALREADY_RECORDED)
 
 
 @handles("charge.dispute.closed")
 async def settle_dispute(session: AsyncSession, event: Mapping[str, Any]) -> Handled:
     """A closed dispute: its clawback stands (lost), or is given back (won, inquiry closed)."""
+    state = await _dispute_with_clawback(session, event)
+    if isinstance(state, Handled):
+        return state
     dispute = _object(event)
-    payment_intent = _id_of(dispute.get("payment_intent"))
-    if payment_intent is None:
-        return Handled(Outcome.IGNORED)
-    await _lock_payment(session, payment_intent)
-    purchase = await find_purchase(session, payment_intent)
-    if purchase is None:
-        return Handled(Outcome.AWAITING_PURCHASE)
-    clawback = await _dispute_clawback(session, event, purchase, payment_intent)
-    if clawback is None:
-        return Handled(Outcome.NOTHING_TO_CLAW_BACK)
     if dispute.get("status") not in DISPUTE_GIVES_BACK:
-        return Handled(Outcome.CLAWED_BACK if clawback.created else Outcome.ALREADY_RECORDED)
+        created = state.clawback.created
+        return Handled(Outcome.CLAWED_BACK if created else Outcome.ALREADY_RECORDED)
     dispute_id = _text(dispute, "id")
     given = await ledger.post(
         session,
         ledger.Posting(
-            user_id=purchase.user_id,
+            user_id=state.purchase.user_id,
             type=TransactionType.ADJUSTMENT,
-            amount=-clawback.amount,
+            amount=-state.clawback.amount,
             description=f"Stripe dispute {dispute_id} closed as {dispute['status']}: credits back",
             idempotency_key=f"{dispute_id}:reinstated",
             metadata={
@@ -238,7 +224,7 @@ async def settle_dispute(session: AsyncSession, event: Mapping[str, Any]) -> Han
                 "stripeEventId": _text(event, "id"),
                 "disputeId": dispute_id,
             },
-            stripe_payment_id=payment_intent,
+            stripe_payment_id=state.payment_intent,
         ),
     )
     return Handled(Outcome.REINSTATED if given.created else Outcome.ALREADY_RECORDED)
@@ -289,6 +275,31 @@ async def awaiting_events(session: AsyncSession, payment_intent: str) -> list[st
         {"pi": payment_intent},
     )
     return list(rows)
+
+
+@dataclass(frozen=True)
+class _Dispute:
+    payment_intent: str
+    purchase: Purchase
+    clawback: ledger.PostedTransaction
+
+
+async def _dispute_with_clawback(
+    session: AsyncSession, event: Mapping[str, Any]
+) -> Handled | _Dispute:
+    """A dispute event's payment, purchase and clawback (posted now if it was not yet), or the
+    outcome when there is nothing to claw back: not ours, purchase not recorded yet, 0 credits."""
+    payment_intent = _id_of(_object(event).get("payment_intent"))
+    if payment_intent is None:
+        return Handled(Outcome.IGNORED)
+    await _lock_payment(session, payment_intent)
+    purchase = await find_purchase(session, payment_intent)
+    if purchase is None:
+        return Handled(Outcome.AWAITING_PURCHASE)
+    clawback = await _dispute_clawback(session, event, purchase, payment_intent)
+    if clawback is None:
+        return Handled(Outcome.NOTHING_TO_CLAW_BACK)
+    return _Dispute(payment_intent, purchase, clawback)
 
 
 async def _dispute_clawback(
