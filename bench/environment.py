@@ -1,0 +1,247 @@
+"""What a benchmark run owns: a fresh database, a Redis key prefix, and child processes.
+
+Everything is made per run and removed afterwards: the database `metering_bench_<run>` on the
+server of DATABASE_URL (never the configured database itself), and every Redis key under the
+prefix `metering-bench-<run>`. Child processes run in their own process group so that stopping
+one also stops what it forked (Celery's pool children).
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from redis import Redis
+from sqlalchemy import func, insert, make_url, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from bench.workload import USER_CREDITS, Population
+from metering import ledger, migrate
+from metering.models import MAACExperiment, TransactionType, User
+from metering.settings import to_asyncpg_url
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The source checkout: `bench` and `metering` are importable from here (and from `src`)."""
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where a run's data lives."""
+
+    run_id: str
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """Environment of a child process: this run's database and keys, the checkout importable."""
+        path = os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "CELERY_BROKER_URL": self.redis_url,
+            "METERING_REDIS_PREFIX": self.redis_prefix,
+            "PYTHONPATH": path.rstrip(os.pathsep),
+            **extra,
+        }
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
+
+
+def database_url_for(server_url: str, name: str) -> str:
+    """The URL of database `name` on the server of `server_url`."""
+    return (
+        make_url(to_asyncpg_url(server_url))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+        .replace("postgresql+asyncpg://", "postgresql://")
+    )
+
+
+async def create_database(url: str) -> None:
+    """Create the (new) database of `url` and migrate it to head."""
+    await _admin(url, f'CREATE DATABASE "{make_url(to_asyncpg_url(url)).database}"')
+    await migrate.upgrade_async(url)
+
+
+async def drop_database(url: str) -> None:
+    await _admin(
+        url, f'DROP DATABASE IF EXISTS "{make_url(to_asyncpg_url(url)).database}" WITH (FORCE)'
+    )
+
+
+async def _admin(url: str, statement: str) -> None:
+    server = make_url(to_asyncpg_url(url)).set(database="postgres")
+    engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def delete_keys(redis_url: str, prefix: str) -> int:
+    """Delete every key under `prefix`; returns how many."""
+    client = Redis.from_url(redis_url)
+    try:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                deleted += int(client.delete(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.delete(*batch))
+        return deleted
+    finally:
+        client.close()
+
+
+async def seed(session: AsyncSession, people: Population) -> None:
+    """Users with `USER_CREDITS` each (bought through the ledger) and their experiments."""
+    await session.execute(
+        insert(User).values(updated_at=func.now()),
+        [{"id": u, "email": f"{u}@bench.invalid"} for u in people.users],
+    )
+    await ledger.post_many(
+        session,
+        [
+            ledger.Posting(
+                user_id=user_id,
+                type=TransactionType.PURCHASE,
+                amount=USER_CREDITS,
+                description="benchmark credits",
+                idempotency_key=f"{user_id}-purchase",
+            )
+            for user_id in people.users
+        ],
+    )
+    await session.execute(
+        insert(MAACExperiment).values(updated_at=func.now()),
+        [
+            {
+                "id": experiment_id,
+                "name": f"benchmark {experiment_id}",
+                "status": "running",
+                "user_id": owner,
+                "api_key_mode": mode,
+            }
+            for experiment_id, owner, mode in people.experiments
+        ],
+    )
+
+
+@dataclass
+class Child:
+    """A child process in its own process group; its output is kept (last lines) for errors."""
+
+    name: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def tail(self, lines: int = 30) -> str:
+        return "".join(self.output[-lines:])
+
+    def tree(self) -> list[psutil.Process]:
+        """The process and its descendants (a Celery worker and its pool children)."""
+        try:
+            main = psutil.Process(self.process.pid)
+            return [main, *main.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+def start(
+    name: str, command: Sequence[str], env: Mapping[str, str], *, ready_marker: str | None = None
+) -> Child:
+    """Start `command`; with `ready_marker`, wait until a line of its output contains it."""
+    process = subprocess.Popen(
+        list(command),
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    child = Child(name, process)
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            child.output.append(line)
+            del child.output[:-200]
+            if ready_marker is not None and ready_marker in line:
+                child.ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if ready_marker is not None and not child.ready.wait(READY_TIMEOUT_S):
+        stop(child)
+        raise RuntimeError(f"{name} did not start:\n{child.tail()}")
+    return child
+
+
+def stop(child: Child, grace_s: float = 20.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it after `grace_s`."""
+    _signal_group(child.process, signal.SIGTERM)
+    try:
+        child.process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(child.process, signal.SIGKILL)
+        child.process.wait()
+    _signal_group(child.process, signal.SIGKILL)
+
+
+def celery(app: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *arguments]
+
+
+def worker_command(app: str, queue: str, concurrency: int, name: str) -> list[str]:
+    """A prefork Celery worker on one queue, as the Procfile runs it."""
+    return celery(
+        app,
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"{name}-{os.getpid()}@%h",
+        "-l",
+        "INFO",
+    )
+
+
+def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    """A list to start children into; all of them are stopped on exit."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            stop(child)

@@ -1,0 +1,80 @@
+"""Exactly once, checked after each phase: every distinct event charged once, at its price.
+
+For the phase's experiments: one USAGE row per distinct event id and none other; each
+experiment's `creditsUsed` is the ceiling of its events' exact costs (priced independently here)
+and the sum of its rows; each user's balance is its purchase minus its experiments' charges; and
+`reconcile` finds nothing wrong in the whole database.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import Text
+
+from bench.workload import USER_CREDITS, Population
+from metering import ledger
+from metering.pricing.money import whole_credits
+from metering.reconcile import find_violations
+
+
+@dataclass
+class Check:
+    """The outcome of a phase's check; `problems` is empty when everything was charged once."""
+
+    rows: int = 0
+    expected_rows: int = 0
+    credits: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_ROWS = text(
+    'SELECT e.id, e."userId" AS user_id, e."creditsUsed" AS used, '
+    "COALESCE(t.n, 0) AS n, COALESCE(t.keys, 0) AS keys, COALESCE(t.total, 0) AS total "
+    'FROM "MAACExperiment" e LEFT JOIN (SELECT "experimentId", count(*) AS n, '
+    'count(DISTINCT "idempotencyKey") AS keys, sum(amount) AS total FROM "CreditTransaction" '
+    "WHERE type = 'USAGE' AND \"experimentId\" = ANY(:ids) GROUP BY 1) t "
+    'ON t."experimentId" = e.id WHERE e.id = ANY(:ids)'
+).bindparams(bindparam("ids", type_=ARRAY(Text)))
+_BALANCES = text('SELECT id, credits FROM "User" WHERE id = ANY(:ids)').bindparams(
+    bindparam("ids", type_=ARRAY(Text))
+)
+
+
+async def check(
+    session: AsyncSession, people: Population, charges: list[ledger.UsageCharge]
+) -> Check:
+    """Compare the database with `charges`, the phase's distinct events priced independently."""
+    exact: dict[str, Decimal] = defaultdict(Decimal)
+    events: dict[str, int] = defaultdict(int)
+    for charge in charges:
+        exact[charge.experiment_id] += charge.exact_credits
+        events[charge.experiment_id] += 1
+    result = Check(expected_rows=len(charges))
+    spent: dict[str, int] = defaultdict(int)
+    experiments = [e[0] for e in people.experiments]
+    for row in await session.execute(_ROWS, {"ids": experiments}):
+        due = whole_credits(exact[row.id])
+        result.rows += row.n
+        result.credits += row.used
+        spent[row.user_id] += row.used
+        if row.n != events[row.id] or row.keys != row.n:
+            result.problems.append(f"{row.id}: {row.n} rows for {events[row.id]} events")
+        if row.used != due or -row.total != due:
+            result.problems.append(
+                f"{row.id}: creditsUsed {row.used}, rows {-row.total}, expected {due}"
+            )
+    for row in await session.execute(_BALANCES, {"ids": list(people.users)}):
+        if row.credits != USER_CREDITS - spent[row.id]:
+            result.problems.append(
+                f"user {row.id}: balance {row.credits}, expected {USER_CREDITS - spent[row.id]}"
+            )
+    result.problems += [f"reconcile: {v}" for v in await find_violations(session)]
+    return result

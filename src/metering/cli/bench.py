@@ -1,0 +1,66 @@
+"""`metering bench`: the benchmark of the pipeline against its ceiling and the naive design.
+
+The benchmark lives in the source checkout's `bench/` package (it starts Celery workers of its own
+naive app, which is no part of the service), so this command needs the checkout.
+"""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from metering.cli.app import app
+from metering.cli.common import console, errors, fail, print_json, run
+
+CHECKOUT = Path(__file__).resolve().parents[3]
+PROFILE = typer.Option(
+    None,
+    help="Sample the usage worker with py-spy during the full-speed phase into this file "
+    "(collapsed stacks) and report where its time goes.",
+)
+
+
+@app.command()
+def bench(
+    events: int = typer.Option(200_000, min=1, help="Usage events published to the pipeline."),
+    naive_events: int = typer.Option(10_000, min=1, help="Events sent to the naive design."),
+    backlog: int = typer.Option(
+        0,
+        min=0,
+        help="Also drain a backlog of this many events published before the workers "
+        "start, sampling worker memory (2,000,000 for the memory check; slow).",
+    ),
+    shards: int = typer.Option(2, min=1, help="METERING_USAGE_SHARDS of the pipeline."),
+    concurrency: int = typer.Option(2, min=1, help="Worker processes (celery -c)."),
+    batch_size: int = typer.Option(500, min=1, help="Entries per drain batch and ceiling batch."),
+    quick: bool = typer.Option(
+        False, "--quick", help="5,000 events and 500 naive ones: under a minute, for CI."
+    ),
+    keep: bool = typer.Option(False, help="Keep the run's database and Redis keys afterwards."),
+    profile: Path | None = PROFILE,
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Measure the pipeline end to end (real beat and usage workers) against the ceiling (the
+    same rows written by one process, no Redis, no Celery) and the naive design (one Celery task
+    and one transaction per event), check every event was charged exactly once, and report.
+
+    Uses the PostgreSQL server of DATABASE_URL and the Redis of REDIS_URL, in a fresh database and
+    key prefix that are removed afterwards. Exits 1 if any event was not charged exactly once."""
+    if not (CHECKOUT / "bench" / "run.py").is_file():
+        fail(f"the benchmark needs the source checkout; {CHECKOUT / 'bench'} is missing")
+    sys.path.insert(0, str(CHECKOUT))
+    from bench.report import exactly_once, text
+    from bench.run import Options
+    from bench.run import run as run_bench
+
+    options = Options.quick() if quick else Options(events, naive_events, backlog)
+    options = replace(options, shards=shards, concurrency=concurrency, batch_size=batch_size)
+    options = replace(options, keep=keep, profile=profile)
+    figures = run(lambda: run_bench(options, lambda line: errors.print(line, highlight=False)))
+    if as_json:
+        print_json(figures)
+    else:
+        console.print(text(figures), highlight=False, soft_wrap=True)
+    if not exactly_once(figures):
+        raise typer.Exit(1)
