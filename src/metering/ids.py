@@ -22,14 +22,18 @@ def _base36(number: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
+_HOST = _base36(sum(socket.gethostname().encode()) + 36, 2)
+_RANDOM_IDS = 36**8
+
+
 def _fingerprint() -> str:
-    host = sum(socket.gethostname().encode()) + 36
-    return _base36(os.getpid(), 2) + _base36(host, 2)
+    # The pid is read on every call: a forked worker child must not share its parent's.
+    return _base36(os.getpid(), 2) + _HOST
 
 
 def cuid() -> str:
     """A new id: `c` + 8 time + 4 counter + 4 fingerprint + 8 random characters."""
     timestamp = _base36(int(time.time() * 1000), 8)
     counter = _base36(next(_counter), 4)
-    random_part = "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    random_part = _base36(secrets.randbelow(_RANDOM_IDS), 8)
     return f"c{timestamp}{counter}{_fingerprint()}{random_part}"

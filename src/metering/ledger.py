@@ -559,9 +559,12 @@ def _json(metadata: Mapping[str, Any] | None) -> str | None:
     """Metadata as JSON text for a JSONB column, which cannot hold the NUL character."""
     if metadata is None:
         return None
-    if _has_nul(metadata):
+    encoded = json.dumps(metadata, separators=(",", ":"))
+    # JSON always escapes NUL as \u0000: without that text there is no NUL, and the walk (the
+    # costlier part) is needed only when it appears, perhaps as an escaped backslash and "u0000".
+    if "\\u0000" in encoded and _has_nul(metadata):
         raise InvalidMetadata("metadata must not contain the NUL character (\\u0000)")
-    return json.dumps(metadata, separators=(",", ":"))
+    return encoded
 
 
 def _has_nul(value: Any) -> bool:
