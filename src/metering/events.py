@@ -39,6 +39,8 @@ Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]
 RFC3339: Final = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
 )
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+"""Built once: `json.dumps` with options builds an encoder per call, a third of a digest's cost."""
 Tier = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
 
 
@@ -109,9 +111,7 @@ class UsageEvent(BaseModel):
 
     def digest(self) -> str:
         """SHA-256 of the event's canonical JSON: equal for equal events, however they were sent."""
-        canonical = json.dumps(
-            self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
-        )
+        canonical = _CANONICAL.encode(self.model_dump(mode="json", exclude_none=True))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

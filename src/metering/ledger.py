@@ -34,6 +34,7 @@ INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 EXACT_QUANTUM = Decimal(1).scaleb(-EXACT_CREDIT_PLACES)
 USAGE_LOCK_KEY = 0x6D657465  # advisory lock shared by usage batches ("mete")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once; json.dumps builds one per call
 
 
 class LedgerError(PermanentError):
@@ -559,7 +560,7 @@ def _json(metadata: Mapping[str, Any] | None) -> str | None:
     """Metadata as JSON text for a JSONB column, which cannot hold the NUL character."""
     if metadata is None:
         return None
-    encoded = json.dumps(metadata, separators=(",", ":"))
+    encoded = _COMPACT.encode(metadata)
     # JSON always escapes NUL as \u0000: without that text there is no NUL, and the walk (the
     # costlier part) is needed only when it appears, perhaps as an escaped backslash and "u0000".
     if "\\u0000" in encoded and _has_nul(metadata):
