@@ -76,7 +76,7 @@ class UserBalance:
 
 @dataclass(frozen=True)
 class TransactionRow:
-    """One ledger row as reported; `amount` in credits, signed by type."""
+    """One ledger row; `amount` in credits: PURCHASE, REFUND > 0, USAGE <= 0, ADJUSTMENT != 0."""
 
     id: str
     type: TransactionType
@@ -91,7 +91,7 @@ class TransactionRow:
 
 @dataclass(frozen=True)
 class TransactionPage:
-    """Rows newest first; `next_cursor` fetches the rows after the last one, None at the end."""
+    """Newest first. Pass `next_cursor` as `cursor` for the next page; null on the last page."""
 
     user_id: str
     items: list[TransactionRow]

@@ -1,6 +1,7 @@
 """`GET /experiments/{id}/usage` and `POST /experiments/{id}/estimate` (bearer token)."""
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -11,13 +12,13 @@ from metering.db import session_scope
 from metering.pricing import EstimateItem, get_catalog
 from metering.web.auth import require_api_token
 from metering.web.deps import State
-from metering.web.usage_models import UsageGroupModel
 
 router = APIRouter(
     prefix="/experiments", tags=["experiments"], dependencies=[Depends(require_api_token)]
 )
 
 
+# Its own model: the API calls `reports.ExperimentUsage.groups` `by_model`.
 class ExperimentUsageResponse(BaseModel):
     """Usage by provider and model, its total, and the estimate beside what was used.
 
@@ -31,10 +32,10 @@ class ExperimentUsageResponse(BaseModel):
     api_key_mode: str
     estimated_credits: int | None
     credits_used: int
-    exact_credits_used: str
+    exact_credits_used: Decimal
     estimate_delta: int | None
-    by_model: list[UsageGroupModel]
-    total: UsageGroupModel
+    by_model: list[reports.UsageGroup] = Field(validation_alias="groups")
+    total: reports.UsageGroup
 
 
 class EstimateRequest(BaseModel):
@@ -67,19 +68,7 @@ async def get_usage(experiment_id: str, state: State) -> ExperimentUsageResponse
     """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
     async with session_scope(state.sessions) as session:
         usage = await reports.experiment_usage(session, experiment_id)
-    return ExperimentUsageResponse(
-        experiment_id=usage.experiment_id,
-        name=usage.name,
-        status=usage.status,
-        user_id=usage.user_id,
-        api_key_mode=usage.api_key_mode,
-        estimated_credits=usage.estimated_credits,
-        credits_used=usage.credits_used,
-        exact_credits_used=str(usage.exact_credits_used),
-        estimate_delta=usage.estimate_delta,
-        by_model=[UsageGroupModel.of(group) for group in usage.groups],
-        total=UsageGroupModel.of(usage.total),
-    )
+    return ExperimentUsageResponse.model_validate(usage, from_attributes=True)
 
 
 @router.post("/{experiment_id}/estimate")

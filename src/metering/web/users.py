@@ -1,52 +1,26 @@
 """`GET /users/{id}/balance` and `GET /users/{id}/transactions` (bearer token)."""
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from metering import reports
 from metering.db import session_scope
 from metering.models import TransactionType
 from metering.web.auth import require_api_token
 from metering.web.deps import State
-from metering.web.usage_models import UsageGroupModel
 
 router = APIRouter(prefix="/users", tags=["users"], dependencies=[Depends(require_api_token)])
 
 
-class BalanceResponse(BaseModel):
+# The fields of `reports.UserBalance` under the name the OpenAPI schema has always given them.
+# (Docstrings of response models are their OpenAPI descriptions, so the reasons live here.)
+@dataclass(frozen=True)
+class BalanceResponse(reports.UserBalance):
     """`credits` in credits (1 credit = $0.001); `usd` is their exact value, a decimal string."""
-
-    user_id: str
-    email: str
-    name: str | None
-    credits: int
-    usd: str
-    updated_at: datetime
-
-
-class TransactionItem(BaseModel):
-    """One ledger row; `amount` in credits: PURCHASE, REFUND > 0, USAGE <= 0, ADJUSTMENT != 0."""
-
-    id: str
-    type: TransactionType
-    amount: int
-    description: str
-    created_at: datetime
-    experiment_id: str | None
-    idempotency_key: str | None
-    stripe_payment_id: str | None
-    metadata: dict[str, Any] | None
-
-
-class TransactionsResponse(BaseModel):
-    """Newest first. Pass `next_cursor` as `cursor` for the next page; null on the last page."""
-
-    user_id: str
-    items: list[TransactionItem]
-    next_cursor: str | None
 
 
 Types = Annotated[list[TransactionType] | None, Query(description="Repeat to allow several.")]
@@ -54,14 +28,16 @@ Since = Annotated[datetime | None, Query(description="Inclusive; RFC 3339, UTC i
 Until = Annotated[datetime | None, Query(description="Exclusive; RFC 3339, UTC if no offset.")]
 
 
+# Its own model: the API names the user `user_id` where `reports.UsageReport` has `scope_id`
+# (and no `scope`).
 class UsageReportResponse(BaseModel):
     """Usage charged to the user since `since`, grouped by provider, `provider/model` or day."""
 
-    user_id: str
+    user_id: str = Field(validation_alias="scope_id")
     by: reports.GroupBy
     since: datetime | None
-    groups: list[UsageGroupModel]
-    total: UsageGroupModel
+    groups: list[reports.UsageGroup]
+    total: reports.UsageGroup
 
 
 @router.get("/{user_id}/balance")
@@ -69,14 +45,7 @@ async def get_balance(user_id: str, state: State) -> BalanceResponse:
     """The user's balance, by id or email. 404 for an unknown user."""
     async with session_scope(state.sessions) as session:
         balance = await reports.user_balance(session, user_id)
-    return BalanceResponse(
-        user_id=balance.user_id,
-        email=balance.email,
-        name=balance.name,
-        credits=balance.credits,
-        usd=str(balance.usd),
-        updated_at=balance.updated_at,
-    )
+    return BalanceResponse(**vars(balance))
 
 
 @router.get("/{user_id}/transactions")
@@ -88,10 +57,10 @@ async def list_transactions(
     until: Until = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=reports.MAX_PAGE)] = reports.DEFAULT_PAGE,
-) -> TransactionsResponse:
+) -> reports.TransactionPage:
     """A page of the user's transactions, filtered by type and time, newest first."""
     async with session_scope(state.sessions) as session:
-        page = await reports.user_transactions(
+        return await reports.user_transactions(
             session,
             user_id,
             types=type or (),
@@ -100,11 +69,6 @@ async def list_transactions(
             cursor=cursor,
             limit=limit,
         )
-    return TransactionsResponse(
-        user_id=page.user_id,
-        items=[TransactionItem(**vars(row)) for row in page.items],
-        next_cursor=page.next_cursor,
-    )
 
 
 @router.get("/{user_id}/usage")
@@ -114,10 +78,4 @@ async def get_usage(
     """The user's usage grouped by provider, model or day (UTC, by when it was charged)."""
     async with session_scope(state.sessions) as session:
         report = await reports.usage_report(session, user=user_id, by=by, since=since)
-    return UsageReportResponse(
-        user_id=report.scope_id,
-        by=report.by,
-        since=report.since,
-        groups=[UsageGroupModel.of(group) for group in report.groups],
-        total=UsageGroupModel.of(report.total),
-    )
+    return UsageReportResponse.model_validate(report, from_attributes=True)
