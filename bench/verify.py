@@ -7,6 +7,7 @@ and the sum of its rows; each user's balance is its purchase minus its experimen
 """
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -15,7 +16,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from bench.workload import USER_CREDITS, Population
+from bench.ceiling import price
+from bench.workload import USER_CREDITS, Population, Workload
 from metering import ledger
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
@@ -48,16 +50,43 @@ _BALANCES = text('SELECT id, credits FROM "User" WHERE id = ANY(:ids)').bindpara
 )
 
 
-async def check(
-    session: AsyncSession, people: Population, charges: list[ledger.UsageCharge]
-) -> Check:
-    """Compare the database with `charges`, the phase's distinct events priced independently."""
-    exact: dict[str, Decimal] = defaultdict(Decimal)
-    events: dict[str, int] = defaultdict(int)
-    for charge in charges:
-        exact[charge.experiment_id] += charge.exact_credits
-        events[charge.experiment_id] += 1
-    result = Check(expected_rows=len(charges))
+@dataclass
+class Expected:
+    """Per experiment: how many distinct events, and their exact cost in credits."""
+
+    events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    exact: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, charges: Iterable[ledger.UsageCharge]) -> "Expected":
+        """Count each event id once, however many chunks it appears in."""
+        for charge in charges:
+            if charge.event_id not in self.seen:
+                self.seen.add(charge.event_id)
+                self.events[charge.experiment_id] += 1
+                self.exact[charge.experiment_id] += charge.exact_credits
+        return self
+
+
+def expect(work: Workload, markup: Decimal, fee: Decimal, chunk: int = 20_000) -> Expected:
+    """Price the workload chunk by chunk (a backlog of millions never sits in memory priced)."""
+    expected = Expected()
+    for begin in range(0, len(work.payloads), chunk):
+        end = begin + chunk
+        part = Workload(
+            work.population,
+            work.event_ids[begin:end],
+            work.experiment_ids[begin:end],
+            work.payloads[begin:end],
+        )
+        expected.add(price(part, markup, fee))
+    return expected
+
+
+async def check(session: AsyncSession, people: Population, expected: Expected) -> Check:
+    """Compare the database with the phase's distinct events, priced independently."""
+    exact, events = expected.exact, expected.events
+    result = Check(expected_rows=len(expected.seen))
     spent: dict[str, int] = defaultdict(int)
     experiments = [e[0] for e in people.experiments]
     for row in await session.execute(_ROWS, {"ids": experiments}):

@@ -83,11 +83,12 @@ async def _charge(session: AsyncSession, charges: list[ledger.UsageCharge]) -> N
 async def test_the_check_finds_a_missing_and_a_doubled_charge(sessions: Sessions) -> None:
     people = workload.population(f"t{uuid.uuid4().hex[:8]}", users=3, experiments=5, seed=1)
     charges = ceiling.price(workload.workload(people, 40, seed=1), Decimal(1), Decimal(0))
+    expected = verify.Expected().add(charges)
     async with session_scope(sessions) as session:
         await environment.seed(session, people)
         await _charge(session, charges[:-1])
     async with sessions() as session:
-        missing = await verify.check(session, people, charges)
+        missing = await verify.check(session, people, expected)
     assert not missing.ok
     assert f"{charges[-1].experiment_id}: " in missing.problems[0]
 
@@ -96,6 +97,6 @@ async def test_the_check_finds_a_missing_and_a_doubled_charge(sessions: Sessions
         doubled = replace(charges[0], event_id=f"{charges[0].event_id}-again")
         await _charge(session, [doubled])
     async with sessions() as session:
-        result = await verify.check(session, people, charges)
+        result = await verify.check(session, people, expected)
     assert any(p.startswith(f"{charges[0].experiment_id}: ") for p in result.problems)
     assert result.rows == len(charges) + 1
