@@ -35,6 +35,21 @@ def redis_prefix() -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_usage_streams(redis_prefix: str) -> None:
+    """Each test module starts with no usage stream, dead letter or drain lock of this run.
+
+    Modules share the run's prefix; entries an earlier module left pending (a case that failed,
+    a worker killed on purpose) must not count against the next one.
+    """
+    client = SyncRedis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match=f"{redis_prefix}:usage*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)

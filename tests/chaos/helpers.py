@@ -31,8 +31,11 @@ WORKER_ENV = {
     "METERING_USAGE_CLAIM_IDLE_MS": "500",
     "METERING_DRAIN_LOCK_MS": "1000",
     "METERING_UNKNOWN_EXPERIMENT_RETRY_S": "0",
+    "METERING_USAGE_MAX_DELIVERIES": "1000",
 }
-"""Small batches, and stalled entries and lapsed drain locks taken over within a second."""
+"""Small batches, and stalled entries and lapsed drain locks taken over within a second. Cases
+hold batches blocked on row locks for seconds, and each reclaim of a blocked batch's entries counts
+a delivery: the delivery limit is raised so that such entries are not dead-lettered as worn out."""
 DEADLINE_S = 120
 STARTING_CREDITS = 1_000_000
 

@@ -34,6 +34,8 @@ WORKER_ENV = {
     "METERING_USAGE_CLAIM_IDLE_MS": "1000",
     "METERING_DRAIN_LOCK_MS": "2000",
     "METERING_UNKNOWN_EXPERIMENT_RETRY_S": "0",
+    # Reclaims of a batch blocked on a row lock count deliveries: don't wear entries out here.
+    "METERING_USAGE_MAX_DELIVERIES": "1000",
 }
 DEADLINE_S = 120
 
