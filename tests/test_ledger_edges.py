@@ -53,6 +53,35 @@ def usage(
     )
 
 
+async def charge_alone(sessions: Sessions, charge: ledger.UsageCharge) -> ledger.UsageOutcome:
+    """Charge one event in a transaction of its own."""
+    async with session_scope(sessions) as session:
+        return await ledger.charge_usage(session, [charge])
+
+
+async def charge_behind(
+    sessions: Sessions, charge: ledger.UsageCharge, statement: str, params: dict[str, str]
+) -> tuple[ledger.UsageOutcome | BaseException, str]:
+    """Charge `charge` while another transaction that ran `statement` holds its locks, and let
+    that one commit once the charge waits. Returns the charge's outcome (or error) and the
+    statement it was waiting in."""
+    async with sessions() as holder:
+        await holder.begin()
+        await holder.execute(text(statement), params)
+        task = asyncio.create_task(charge_alone(sessions, charge))
+        await wait_until_blocked_on_a_lock(sessions)
+        async with session_scope(sessions) as observer:
+            waiting = await observer.scalar(
+                text(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+        await holder.commit()
+        (result,) = await asyncio.gather(task, return_exceptions=True)
+    return result, waiting
+
+
 async def wait_until_blocked_on_a_lock(sessions: Sessions, limit_s: float = 10.0) -> None:
     """Wait until some backend of this database waits on a lock (the charge under test)."""
     deadline = time.monotonic() + limit_s
@@ -219,6 +248,27 @@ async def test_usage_metadata_with_a_nul_character_is_a_permanent_refusal(
     assert isinstance(error, PermanentError), f"got {error!r}"
 
 
+async def test_usage_metadata_is_stored_as_given_beyond_64_bit_integers(
+    sessions: Sessions,
+) -> None:
+    """Event metadata may hold any JSON: integers past 64 bits, non-ASCII text, nesting. The row
+    keeps every value exactly."""
+    metadata = {"big": 2**70, "negative": -(2**65), "text": "café ✓", "nested": [{"x": 1.5}]}
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+    charge = usage(experiment_id, "1", metadata={"eventMetadata": metadata})
+    async with session_scope(sessions) as session:
+        outcome = await ledger.charge_usage(session, [charge])
+    assert outcome.charged == [charge.event_id]
+    async with session_scope(sessions) as session:
+        stored = await session.scalar(
+            text('SELECT metadata FROM "CreditTransaction" WHERE "idempotencyKey" = :key'),
+            {"key": charge.event_id},
+        )
+    assert stored == {"eventMetadata": metadata}
+
+
 @pytest.mark.parametrize("exact", ["NaN", "Infinity", "sNaN"])
 async def test_non_finite_usage_cost_is_an_invalid_amount(sessions: Sessions, exact: str) -> None:
     async with session_scope(sessions) as session:
@@ -237,65 +287,50 @@ async def test_non_finite_usage_cost_is_an_invalid_amount(sessions: Sessions, ex
 # 3. races between reading experiment owners (unlocked) and locking
 
 
-async def test_owner_deleted_while_waiting_for_the_user_lock_is_transient(
-    sessions: Sessions,
+@pytest.mark.parametrize(
+    ("deleted", "retry_finds"),
+    [("User", "unbilled"), ("MAACExperiment", "unknown_experiments")],
+)
+async def test_a_deletion_while_waiting_for_the_experiment_lock_is_transient(
+    sessions: Sessions, deleted: str, retry_finds: str
 ) -> None:
-    """charge_usage reads E -> U without a lock, then waits for U's row lock. Meanwhile U is
-    deleted (E.userId becomes NULL by ON DELETE SET NULL): the batch is retried (OwnerChanged),
-    not dead-lettered, since a retry records the event as UnbilledUsage."""
+    """charge_usage reads E -> U without a lock, then waits for E's row lock, held by a
+    transaction deleting U (ON DELETE SET NULL updates E) or E. Once that commits, the batch is
+    retried (OwnerChanged), not dead-lettered; the retry records the event as UnbilledUsage (U
+    gone) or reports its experiment as unknown (E gone), and charges nothing."""
     async with session_scope(sessions) as session:
         user_id = await create_user(session)
         experiment_id = await create_experiment(session, user_id)
     charge = usage(experiment_id, "1")
+    row_id = user_id if deleted == "User" else experiment_id
 
-    async with sessions() as deleter:
-        await deleter.begin()
-        await deleter.execute(text('DELETE FROM "User" WHERE id = :id'), {"id": user_id})
-
-        async def charge_it() -> ledger.UsageOutcome:
-            async with session_scope(sessions) as session:
-                return await ledger.charge_usage(session, [charge])
-
-        task = asyncio.create_task(charge_it())
-        await wait_until_blocked_on_a_lock(sessions)
-        await deleter.commit()
-        outcome = await asyncio.gather(task, return_exceptions=True)
-    error = outcome[0]
-    assert not isinstance(error, PermanentError), (
-        f"a concurrent owner change was reported as permanent: {error!r}"
+    result, waiting = await charge_behind(
+        sessions, charge, f'DELETE FROM "{deleted}" WHERE id = :id', {"id": row_id}
     )
+    assert waiting.startswith('SELECT id, "userId", "creditsUsed"'), waiting
+    assert isinstance(result, ledger.OwnerChanged), f"got {result!r}"
+    retried = await charge_alone(sessions, charge)
+    assert getattr(retried, retry_finds) == [charge.event_id]
+    assert retried.charged == []
 
 
-async def test_experiment_deleted_while_waiting_for_the_user_lock(sessions: Sessions) -> None:
-    """charge_usage reads E -> U, waits on U (held by another batch); E is deleted meanwhile.
-    The batch is reported as worth running again (transient), and the retry reports the event's
-    experiment as unknown."""
+async def test_a_batch_writes_its_rows_before_waiting_for_its_users(sessions: Sessions) -> None:
+    """Another transaction holds U's balance lock (as a batch of another experiment of U does
+    while it updates U): the batch inserts its rows and waits only at the user lock, and then
+    completes with the right balance."""
     async with session_scope(sessions) as session:
-        user_id = await create_user(session)
+        user_id = await create_user(session, credits=100)
         experiment_id = await create_experiment(session, user_id)
-    charge = usage(experiment_id, "1")
+    charge = usage(experiment_id, "2.5")
 
-    async def charge_it() -> ledger.UsageOutcome:
-        async with session_scope(sessions) as session:
-            return await ledger.charge_usage(session, [charge])
-
-    async with sessions() as other_batch:
-        await other_batch.begin()
-        await other_batch.execute(
-            text('SELECT id FROM "User" WHERE id = :id FOR UPDATE'), {"id": user_id}
-        )
-        task = asyncio.create_task(charge_it())
-        await wait_until_blocked_on_a_lock(sessions)
-        async with session_scope(sessions) as platform:
-            await platform.execute(
-                text('DELETE FROM "MAACExperiment" WHERE id = :id'), {"id": experiment_id}
-            )
-        await other_batch.commit()
-        (result,) = await asyncio.gather(task, return_exceptions=True)
-    assert isinstance(result, ledger.OwnerChanged)
-    retried = await charge_it()
-    assert retried.unknown_experiments == [charge.event_id]
-    assert await credits_of(sessions, user_id) == 0
+    outcome, waiting = await charge_behind(
+        sessions, charge, 'SELECT id FROM "User" WHERE id = :id FOR NO KEY UPDATE', {"id": user_id}
+    )
+    assert waiting.startswith('SELECT id, credits FROM "User"'), waiting
+    assert isinstance(outcome, ledger.UsageOutcome), f"got {outcome!r}"
+    assert outcome.charged == [charge.event_id]
+    assert outcome.balances == {user_id: 97}
+    assert await credits_of(sessions, user_id) == 97
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from metering.ids import cuid
+from metering.ids import cuid, cuids
 from metering.settings import Settings, to_asyncpg_url
 
 
@@ -51,3 +51,11 @@ def test_cuids_look_like_prismas_and_do_not_collide() -> None:
     ids = {cuid() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(len(i) == 25 and i.startswith("c") and i.isalnum() and i.islower() for i in ids)
+
+
+def test_cuids_made_in_batches_look_like_prismas_and_do_not_collide() -> None:
+    batches = [cuids(500) for _ in range(20)] + [[cuid() for _ in range(500)]]
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 10_500
+    assert all(len(i) == 25 and i.startswith("c") and i.isalnum() and i.islower() for i in ids)
+    assert cuids(0) == []

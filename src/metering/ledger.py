@@ -7,8 +7,11 @@ Invariants kept here, inside the caller's database transaction:
   experiment without a user), so `creditsUsed = -SUM(usage amounts)` always;
 - each posting carries a unique idempotency key: posting the same key again changes nothing and
   returns the first result. Duplicates are found by the database (`ON CONFLICT DO NOTHING`);
-- rows are locked in one order, users by id and then experiments by id, so concurrent
-  transactions cannot deadlock on each other's locks.
+- rows are locked in one order, experiments by id and then users by id, so concurrent
+  transactions cannot deadlock on each other's locks. A usage batch takes its users' locks last,
+  just before it updates their balances, so batches of different experiments that share users
+  write their rows side by side and queue only for those final updates. User locks are
+  `FOR NO KEY UPDATE`, which lets other transactions insert rows referencing a locked user.
 
 Rows are never updated or deleted: a correction is a new row (ADJUSTMENT or REFUND).
 """
@@ -20,13 +23,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, Numeric, Text
 
 from metering.errors import PermanentError, TransientError
-from metering.ids import cuid
+from metering.ids import cuids
 from metering.models import TransactionType
 from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
 
@@ -35,6 +39,8 @@ INT32_MAX = 2**31 - 1
 EXACT_QUANTUM = Decimal(1).scaleb(-EXACT_CREDIT_PLACES)
 USAGE_LOCK_KEY = 0x6D657465  # advisory lock shared by usage batches ("mete")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once; json.dumps builds one per call
+_STRICT_ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+"""What the standard library refuses, orjson must not accept either: datetimes, dataclasses."""
 
 
 class LedgerError(PermanentError):
@@ -156,7 +162,7 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
         first_by_key.setdefault(posting.idempotency_key, posting)
     # Rows go in key order, so that two calls sharing keys wait on each other in the same order.
     candidates = sorted(first_by_key.values(), key=lambda p: p.idempotency_key)
-    ids = [cuid() for _ in candidates]
+    ids = cuids(len(candidates))
     inserted_keys = await _insert_transactions(
         session,
         ids=ids,
@@ -201,9 +207,6 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     experiment_ids = sorted({c.experiment_id for c in charges})
     owners = await _experiment_owners(session, experiment_ids)
     await _lock_usage_tables(session, exclusive=None in owners.values())
-    balances = await _lock_users(
-        session, {u for u in owners.values() if u is not None}, missing_is_a_race=True
-    )
     experiments = await _lock_experiments(session, sorted(owners))
     if experiments.keys() != owners.keys() or any(experiments[e][0] != owners[e] for e in owners):
         raise OwnerChanged("an experiment changed owner or vanished while being charged")
@@ -230,6 +233,9 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
         unbilled = [c for c in unbilled if c.event_id in recorded_unbilled]
         fresh = billed + unbilled
 
+    # Locked last and briefly: the rows above went in without waiting for other batches of the
+    # same users. The experiment locks held keep every owner from being deleted meanwhile.
+    balances = await _lock_users(session, {u for u in owners.values() if u is not None})
     user_deltas: dict[str, int] = defaultdict(int)
     experiment_deltas: dict[str, int] = defaultdict(int)
     for charge in fresh:
@@ -303,26 +309,22 @@ async def _lock_usage_tables(session: AsyncSession, *, exclusive: bool) -> None:
     await session.execute(text(f"SELECT {function}(:key)"), {"key": USAGE_LOCK_KEY})
 
 
-async def _lock_users(
-    session: AsyncSession, user_ids: set[str], *, missing_is_a_race: bool = False
-) -> dict[str, int]:
-    """Lock users in id order; return their balances.
+async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, int]:
+    """Lock users in id order; return their balances. A missing id raises `UnknownUser`.
 
-    A missing id raises `UnknownUser`, or `OwnerChanged` when the id was read as an experiment's
-    owner a moment ago (the user was deleted meanwhile: the batch is worth running again).
+    `FOR NO KEY UPDATE`, the lock an UPDATE of the balance takes anyway: it does not block other
+    transactions' foreign-key checks, so they can insert rows of these users meanwhile.
     """
     if not user_ids:
         return {}
     rows = await session.execute(
         text(
-            'SELECT id, credits FROM "User" WHERE id = ANY(:ids) ORDER BY id FOR UPDATE'
+            'SELECT id, credits FROM "User" WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE'
         ).bindparams(bindparam("ids", type_=ARRAY(Text))),
         {"ids": sorted(user_ids)},
     )
     balances = {row.id: row.credits for row in rows}
     missing = sorted(user_ids - balances.keys())
-    if missing and missing_is_a_race:
-        raise OwnerChanged(f"experiment owner {', '.join(missing)} was deleted meanwhile")
     if missing:
         raise UnknownUser(f"no user with id {', '.join(missing)}")
     return balances
@@ -433,7 +435,7 @@ async def _insert_usage_rows(
     none: list[str | None] = [None] * len(charges)
     return await _insert_transactions(
         session,
-        ids=[cuid() for _ in charges],
+        ids=cuids(len(charges)),
         user_ids=[owners[c.experiment_id] for c in charges],
         types=[TransactionType.USAGE.value] * len(charges),
         amounts=[amounts[c.event_id] for c in charges],
@@ -560,7 +562,12 @@ def _json(metadata: Mapping[str, Any] | None) -> str | None:
     """Metadata as JSON text for a JSONB column, which cannot hold the NUL character."""
     if metadata is None:
         return None
-    encoded = _COMPACT.encode(metadata)
+    try:
+        encoded = orjson.dumps(metadata, option=_STRICT_ORJSON).decode()
+    except orjson.JSONEncodeError:
+        # Beyond orjson: integers past 64 bits, non-string keys, lone surrogates (which JSONB
+        # refuses with a clear error). The standard library encodes them or raises as before.
+        encoded = _COMPACT.encode(metadata)
     # JSON always escapes NUL as \u0000: without that text there is no NUL, and the walk (the
     # costlier part) is needed only when it appears, perhaps as an escaped backslash and "u0000".
     if "\\u0000" in encoded and _has_nul(metadata):

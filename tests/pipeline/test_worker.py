@@ -69,13 +69,13 @@ def worker(beat: None) -> Iterator[None]:
         yield
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until `check()` holds; fail after the deadline."""
+async def eventually(check: Callable[[], Awaitable[bool]], every_s: float = 0.2) -> None:
+    """Wait until `check()` holds, asking every `every_s`; fail after the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DEADLINE_S
     while not await check():
         assert loop.time() < deadline, "the pipeline did not get there in time"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every_s)
 
 
 async def owner(sessions: Sessions, credits: int = 1_000_000) -> tuple[str, str]:
@@ -149,13 +149,14 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
     beat: None, redis: Redis, sessions: Sessions, redis_prefix: str
 ) -> None:
     user_id, experiment_id = await owner(sessions)
-    documents = [event(experiment_id, n) for n in range(6000)]
+    documents = [event(experiment_id, n) for n in range(20_000)]
     emitter = AsyncEmitter(redis, prefix=redis_prefix)
     for start in range(0, len(documents), 1000):
         await emitter.emit_many(documents[start : start + 1000])
 
     with usage_worker(concurrency=1) as doomed:
-        await eventually(lambda: _rows_above(sessions, experiment_id, 0))
+        # Killed as soon as the first batch commits, while later ones are in flight.
+        await eventually(lambda: _rows_above(sessions, experiment_id, 0), every_s=0.01)
         doomed.kill()
     charged_before_restart = await usage_rows(sessions, experiment_id)
     assert charged_before_restart < len(documents)
