@@ -13,6 +13,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -110,9 +111,19 @@ class UsageEvent(BaseModel):
         return self.model_dump_json(exclude_none=True)
 
     def digest(self) -> str:
-        """SHA-256 of the event's canonical JSON: equal for equal events, however they were sent."""
-        canonical = _CANONICAL.encode(self.model_dump(mode="json", exclude_none=True))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """SHA-256 of the event's canonical JSON: equal for equal events, however they were sent.
+
+        Canonical means the standard library's `json` with sorted keys and no spaces. Without
+        metadata every value is ASCII text, a bool or a small integer, for which orjson writes
+        those very bytes, faster; metadata (any JSON, floats and non-ASCII text included) takes
+        the standard library's way.
+        """
+        document = self.model_dump(mode="json", exclude_none=True)
+        if self.metadata is None:
+            canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        else:
+            canonical = _CANONICAL.encode(document).encode()
+        return hashlib.sha256(canonical).hexdigest()
 
 
 def parse_event(raw: str | bytes) -> UsageEvent:

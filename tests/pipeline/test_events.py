@@ -1,10 +1,13 @@
 """The wire contract: what the event model accepts and refuses, and its committed JSON Schema."""
 
+import hashlib
 import json
 from importlib import resources
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from metering.events import UsageEvent, parse_event, schema_text
@@ -83,6 +86,32 @@ def test_digest_ignores_spelling_but_not_content() -> None:
     assert parse_event(json.dumps(document)).digest() == parse_event(json.dumps(same)).digest()
     changed = {**document, "output_tokens": document["output_tokens"] + 1}
     assert parse_event(json.dumps(document)).digest() != parse_event(json.dumps(changed)).digest()
+
+
+@given(
+    identifier=st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128
+    ),
+    tokens=st.integers(0, 100_000_000),
+    tier=st.sampled_from([None, "batch", "flex"]),
+    batch=st.sampled_from([None, False, True]),
+    microseconds=st.integers(0, 999_999),
+)
+def test_digest_without_metadata_is_that_of_the_standard_librarys_canonical_json(
+    identifier: str, tokens: int, tier: str | None, batch: bool | None, microseconds: int
+) -> None:
+    """Payload digests are stored with every row and compared on every redelivery: the fast way
+    must give the very bytes of `json.dumps(..., sort_keys=True, separators=(",", ":"))`."""
+    if batch and tier not in (None, "batch"):
+        batch = None
+    document = event(identifier, event_id=identifier, input_tokens=tokens, output_tokens=tokens)
+    document["occurred_at"] = f"2025-09-01T12:00:00.{microseconds:06d}+02:00"
+    document |= {k: v for k, v in {"tier": tier, "batch": batch}.items() if v is not None}
+    parsed = parse_event(json.dumps(document))
+    canonical = json.dumps(
+        parsed.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
+    assert parsed.digest() == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_wire_form_round_trips() -> None:
