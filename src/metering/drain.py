@@ -353,12 +353,14 @@ async def _charge(
     sessions: async_sessionmaker[AsyncSession], config: DrainConfig, priced: Sequence[Priced]
 ) -> _Charged:
     async def work(session: AsyncSession) -> _Charged:
-        modes = await _api_key_modes(
+        experiments = await _experiments(
             session, sorted({p.parsed.event.experiment_id for p in priced})
         )
+        modes = {e: mode for e, (_, mode) in experiments.items()}
         known = [p for p in priced if p.parsed.event.experiment_id in modes]
         charges, dead = to_charges(known, modes, config.markup, config.platform_fee_usd_per_million)
-        outcome = await ledger.charge_usage(session, charges)
+        owners = {e: owner for e, (owner, _) in experiments.items()}
+        outcome = await ledger.charge_usage(session, charges, owners)
         late = set(outcome.unknown_experiments)
         unknown = [
             p
@@ -377,14 +379,17 @@ async def _charge(
     raise AssertionError("unreachable")
 
 
-async def _api_key_modes(session: AsyncSession, experiment_ids: list[str]) -> dict[str, str]:
+async def _experiments(
+    session: AsyncSession, experiment_ids: list[str]
+) -> dict[str, tuple[str | None, str]]:
+    """Owner (userId) and apiKeyMode of each experiment that exists."""
     rows = await session.execute(
-        text('SELECT id, "apiKeyMode" FROM "MAACExperiment" WHERE id = ANY(:ids)').bindparams(
-            bindparam("ids", type_=ARRAY(Text))
-        ),
+        text(
+            'SELECT id, "userId", "apiKeyMode" FROM "MAACExperiment" WHERE id = ANY(:ids)'
+        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
         {"ids": experiment_ids},
     )
-    return {row.id: row.apiKeyMode for row in rows}
+    return {row.id: (row.userId, row.apiKeyMode) for row in rows}
 
 
 _RECORDED_DIGESTS = text(

@@ -190,7 +190,11 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
     return [results[p.idempotency_key] for p in postings]
 
 
-async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) -> UsageOutcome:
+async def charge_usage(
+    session: AsyncSession,
+    charges: Sequence[UsageCharge],
+    owners_read: Mapping[str, str | None] | None = None,
+) -> UsageOutcome:
     """Record a batch of usage exactly once, in the caller's transaction.
 
     Each experiment's `exactCreditsUsed` grows by the exact cost of each new charge; each USAGE row
@@ -198,6 +202,9 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     charged `ceil(exact total)` credits overall. Charges of experiments without a user go to
     `UnbilledUsage`. Charges of unknown experiments are returned, not recorded. Balances may go
     negative: usage already incurred is always recorded.
+
+    `owners_read` (experiment id -> userId, of every experiment that exists) saves reading them
+    again when the caller just did in this transaction; they are checked under lock either way.
     """
     outcome = UsageOutcome()
     if not charges:
@@ -205,7 +212,10 @@ async def charge_usage(session: AsyncSession, charges: Sequence[UsageCharge]) ->
     for charge in charges:
         _check_exact_credits(charge)
     experiment_ids = sorted({c.experiment_id for c in charges})
-    owners = await _experiment_owners(session, experiment_ids)
+    if owners_read is None:
+        owners = await _experiment_owners(session, experiment_ids)
+    else:
+        owners = {e: owners_read[e] for e in experiment_ids if e in owners_read}
     await _lock_usage_tables(session, exclusive=None in owners.values())
     experiments = await _lock_experiments(session, sorted(owners))
     if experiments.keys() != owners.keys() or any(experiments[e][0] != owners[e] for e in owners):
