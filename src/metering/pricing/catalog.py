@@ -1,14 +1,16 @@
 """The price catalog: loading and validating the TOML file, resolving names, pricing calls.
 
 A `Catalog` is immutable once loaded. `get_catalog` caches one per path; the packaged file is
-used when no path is given.
+used when no path is given. A catalog keeps, per model and tier, what pricing a call needs, so
+that names are resolved and rates applied once, not per call.
 """
 
 import difflib
 import hashlib
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -18,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from metering.pricing.calculator import CallCost, applied_rates, cost_usd
+from metering.pricing.calculator import AppliedRates, CallCost
 from metering.pricing.errors import (
     CatalogError,
     InvalidUsage,
@@ -37,6 +39,9 @@ from metering.pricing.schema import (
 from metering.pricing.usage import TokenUsage
 
 PACKAGED_CATALOG = "catalog.toml"
+MAX_SPELLINGS = 4096
+"""Spellings of (provider, model, tier) remembered per catalog; beyond them, the memory starts
+afresh, so that endless distinct names cannot grow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +59,37 @@ class ResolvedModel:
 
     def period_at(self, at: datetime) -> PricePeriod:
         """The price in force at `at`: the last period starting at or before it."""
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise InvalidUsage(f"{at.isoformat()} has no UTC offset; give an aware time")
-        in_force = [period for period in self.model.prices if period.from_ <= at]
-        if not in_force:
-            first = self.model.prices[0].from_.isoformat()
-            raise NoPriceAt(
-                f"{self.provider_id}/{self.model.id} has no price at {at.isoformat()}; "
-                f"its first price starts {first}"
-            )
-        return in_force[-1]
+        starts = [period.from_ for period in self.model.prices]
+        return self.model.prices[_period_index(self, starts, at)]
+
+
+@dataclass(frozen=True, slots=True)
+class TierPrices:
+    """A model's prices at one service tier: what pricing its calls needs, resolved once.
+
+    `applied` fills up with the rates of each (period index, long context) as calls use them.
+    """
+
+    resolved: ResolvedModel
+    multiplier: Decimal
+    starts: tuple[datetime, ...]
+    applied: dict[tuple[int, bool], AppliedRates] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @classmethod
+    def of(cls, resolved: ResolvedModel, multiplier: Decimal) -> "TierPrices":
+        return cls(resolved, multiplier, tuple(period.from_ for period in resolved.model.prices))
+
+    def rates(self, index: int, long_context: bool) -> AppliedRates:
+        """The rates of period `index`, its long-context ones when `long_context`, tier applied."""
+        found = self.applied.get((index, long_context))
+        if found is None:
+            period = self.resolved.model.prices[index]
+            base = period.long_context if long_context and period.long_context else period
+            found = AppliedRates.of(base.per_class(), self.multiplier)
+            self.applied[index, long_context] = found
+        return found
 
 
 class Catalog:
@@ -83,6 +109,8 @@ class Catalog:
                 for model in provider.models
                 for name in (model.id, *model.aliases)
             }
+        self._by_tier: dict[tuple[str, str, str], TierPrices] = {}
+        self._spellings: dict[tuple[str, str, str], TierPrices] = {}
 
     def models(self, provider: str | None = None) -> Iterator[ResolvedModel]:
         """Every model, or one provider's, in file order."""
@@ -137,6 +165,34 @@ class Catalog:
         reads and cache writes) exceeds its threshold; the service tier's multiplier applies to
         every rate.
         """
+        at_tier = self._spellings.get((provider, model, tier)) or self._resolve_tier(
+            provider, model, tier
+        )
+        resolved = at_tier.resolved
+        index = _period_index(resolved, at_tier.starts, occurred_at)
+        period = resolved.model.prices[index]
+        long_context = (
+            period.long_context is not None
+            and usage.prompt_tokens > period.long_context.above_prompt_tokens
+        )
+        rates = at_tier.rates(index, long_context)
+        return CallCost(  # positional: a frozen dataclass takes keywords more slowly
+            resolved.provider_id,
+            resolved.model.id,
+            tier,
+            usage,
+            rates.usd(usage),
+            dict(rates.prices),
+            long_context,
+            period.from_,
+            self.version,
+        )
+
+    def _resolve_tier(self, provider: str, model: str, tier: str) -> TierPrices:
+        """A model's prices at a service tier, by any spelling, remembered for that spelling.
+
+        Raises as `resolve` does, and `UnsupportedTier` when the model does not price the tier.
+        """
         resolved = self.resolve(provider, model)
         tiers = resolved.tiers()
         if tier not in tiers:
@@ -144,24 +200,31 @@ class Catalog:
                 f"{resolved.provider_id}/{resolved.model.id} has no {tier!r} tier; "
                 f"priced tiers: {', '.join(tiers)}"
             )
-        period = resolved.period_at(occurred_at)
-        long_context = (
-            period.long_context is not None
-            and usage.prompt_tokens > period.long_context.above_prompt_tokens
+        key = (resolved.provider_id, resolved.model.id, tier)
+        at_tier = self._by_tier.get(key)
+        if at_tier is None:
+            at_tier = self._by_tier[key] = TierPrices.of(resolved, tiers[tier])
+        if len(self._spellings) >= MAX_SPELLINGS:
+            self._spellings.clear()
+        self._spellings[provider, model, tier] = at_tier
+        return at_tier
+
+
+def _period_index(resolved: ResolvedModel, starts: Sequence[datetime], at: datetime) -> int:
+    """Index of the model's price in force at `at`, given the (increasing) starts of its prices."""
+    try:
+        index = bisect_right(starts, at) - 1
+    except TypeError:  # a naive time does not compare with the (aware) starts
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidUsage(f"{at.isoformat()} has no UTC offset; give an aware time") from None
+        raise
+    if index < 0:
+        first = starts[0].isoformat()
+        raise NoPriceAt(
+            f"{resolved.provider_id}/{resolved.model.id} has no price at {at.isoformat()}; "
+            f"its first price starts {first}"
         )
-        base = period.long_context if long_context and period.long_context else period
-        rates = applied_rates(base.per_class(), tiers[tier])
-        return CallCost(
-            provider=resolved.provider_id,
-            model=resolved.model.id,
-            tier=tier,
-            usage=usage,
-            usd=cost_usd(rates, usage),
-            prices={token_class: str(rate) for token_class, rate in rates.items()},
-            long_context=long_context,
-            effective_from=period.from_,
-            catalog_version=self.version,
-        )
+    return index
 
 
 def load_catalog(path: Path | None = None) -> Catalog:

@@ -23,6 +23,25 @@ class TokenUsage:
     reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
+        fresh, output, cached, written, reasoning = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+        if (
+            type(fresh) is type(output) is type(cached) is type(written) is type(reasoning) is int
+            and fresh >= 0
+            and cached >= 0
+            and written >= 0
+            and 0 <= reasoning <= output
+        ):
+            return
+        self._refuse()
+
+    def _refuse(self) -> None:
+        """Raise `InvalidUsage` naming the first count that breaks an invariant."""
         for name in (
             "input_tokens",
             "output_tokens",
