@@ -82,6 +82,7 @@ app = create_app()
 @worker_process_init.connect
 def _open_runtime(**_: Any) -> None:
     runtime.get_runtime()
+    runtime.tune_garbage_collection()
 
 
 @worker_process_shutdown.connect

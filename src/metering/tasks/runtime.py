@@ -7,6 +7,7 @@ connections (the runtime remembers the pid that made it). Celery's `worker_proce
 """
 
 import asyncio
+import gc
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from metering.db import create_engine, make_sessionmaker
 from metering.settings import Settings, get_settings
 
 T = TypeVar("T")
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations between collections of young objects (Python's default is 700)."""
 
 
 @dataclass
@@ -78,3 +81,16 @@ def close_runtime() -> None:
     if _current is not None and _current.pid == os.getpid():
         _current.close()
     _current = None
+
+
+def tune_garbage_collection() -> None:
+    """Set the collector for batch work, once the process has started up.
+
+    What the process holds by then (modules, the price catalog, clients) is frozen out of every
+    later collection, and young objects are collected every 10,000 allocations instead of 700: a
+    batch of 500 events makes tens of thousands of short-lived objects that die with it, and
+    scanning them every 700 allocations cost the worker about a sixth of its CPU per event.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
