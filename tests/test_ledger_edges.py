@@ -20,7 +20,13 @@ from metering import accounts, ledger
 from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.errors import PermanentError
 from metering.events import parse_event
-from metering.models import CreditTransaction, TransactionType, UnbilledUsage, User
+from metering.models import (
+    CreditTransaction,
+    MAACExperiment,
+    TransactionType,
+    UnbilledUsage,
+    User,
+)
 from metering.reconcile import find_violations
 from tests.factories import create_experiment, create_user, unique
 
@@ -82,8 +88,10 @@ async def charge_behind(
     return result, waiting
 
 
-async def wait_until_blocked_on_a_lock(sessions: Sessions, limit_s: float = 10.0) -> None:
-    """Wait until some backend of this database waits on a lock (the charge under test)."""
+async def wait_until_blocked_on_a_lock(
+    sessions: Sessions, limit_s: float = 10.0, backends: int = 1
+) -> None:
+    """Wait until `backends` backends of this database wait on a lock (the charge under test)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         async with session_scope(sessions) as session:
@@ -93,7 +101,7 @@ async def wait_until_blocked_on_a_lock(sessions: Sessions, limit_s: float = 10.0
                     "WHERE datname = current_database() AND wait_event_type = 'Lock'"
                 )
             )
-        if waiting:
+        if waiting is not None and waiting >= backends:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the charge never waited on a lock")
@@ -288,16 +296,19 @@ async def test_non_finite_usage_cost_is_an_invalid_amount(sessions: Sessions, ex
 
 
 @pytest.mark.parametrize(
-    ("deleted", "retry_finds"),
-    [("User", "unbilled"), ("MAACExperiment", "unknown_experiments")],
+    ("deleted", "waits_in", "retry_finds"),
+    [
+        ("User", 'SELECT id FROM "User"', "unbilled"),
+        ("MAACExperiment", 'SELECT id, "userId", "creditsUsed"', "unknown_experiments"),
+    ],
 )
-async def test_a_deletion_while_waiting_for_the_experiment_lock_is_transient(
-    sessions: Sessions, deleted: str, retry_finds: str
+async def test_a_deletion_while_a_batch_waits_to_lock_is_transient(
+    sessions: Sessions, deleted: str, waits_in: str, retry_finds: str
 ) -> None:
-    """charge_usage reads E -> U without a lock, then waits for E's row lock, held by a
-    transaction deleting U (ON DELETE SET NULL updates E) or E. Once that commits, the batch is
-    retried (OwnerChanged), not dead-lettered; the retry records the event as UnbilledUsage (U
-    gone) or reports its experiment as unknown (E gone), and charges nothing."""
+    """charge_usage reads E -> U without a lock, then waits to lock U (held against deletion) or
+    E, held by a transaction deleting U (ON DELETE SET NULL updates E) or E. Once that commits,
+    the batch is retried (OwnerChanged), not dead-lettered; the retry records the event as
+    UnbilledUsage (U gone) or reports its experiment as unknown (E gone), and charges nothing."""
     async with session_scope(sessions) as session:
         user_id = await create_user(session)
         experiment_id = await create_experiment(session, user_id)
@@ -307,11 +318,51 @@ async def test_a_deletion_while_waiting_for_the_experiment_lock_is_transient(
     result, waiting = await charge_behind(
         sessions, charge, f'DELETE FROM "{deleted}" WHERE id = :id', {"id": row_id}
     )
-    assert waiting.startswith('SELECT id, "userId", "creditsUsed"'), waiting
+    assert waiting.startswith(waits_in), waiting
     assert isinstance(result, ledger.OwnerChanged), f"got {result!r}"
     retried = await charge_alone(sessions, charge)
     assert getattr(retried, retry_finds) == [charge.event_id]
     assert retried.charged == []
+
+
+async def test_a_user_deleted_while_a_batch_of_theirs_runs_waits_for_the_batch(
+    sessions: Sessions,
+) -> None:
+    """The platform deletes U while a batch charging U's experiment E is under way (here waiting
+    for E, which another transaction holds). The deletion locks U and then, by ON DELETE SET NULL,
+    E: it must wait for the batch, not deadlock with it. Both succeed."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, credits=100)
+        experiment_id = await create_experiment(session, user_id)
+    charge = usage(experiment_id, "2")
+
+    async def delete_user() -> None:
+        async with session_scope(sessions) as platform:
+            await platform.execute(text('DELETE FROM "User" WHERE id = :id'), {"id": user_id})
+
+    async with sessions() as holder:
+        await holder.begin()
+        await holder.execute(
+            text('SELECT id FROM "MAACExperiment" WHERE id = :id FOR UPDATE'),
+            {"id": experiment_id},
+        )
+        batch = asyncio.create_task(charge_alone(sessions, charge))
+        await wait_until_blocked_on_a_lock(sessions)
+        deletion = asyncio.create_task(delete_user())
+        await wait_until_blocked_on_a_lock(sessions, backends=2)
+        await holder.commit()
+        outcome, deleted = await asyncio.gather(batch, deletion, return_exceptions=True)
+    assert isinstance(outcome, ledger.UsageOutcome), f"the batch failed: {outcome!r}"
+    assert deleted is None, f"the deletion failed: {deleted!r}"
+    assert outcome.charged == [charge.event_id]
+    async with session_scope(sessions) as session:
+        experiment = await session.get(MAACExperiment, experiment_id)
+        assert experiment is not None
+        assert (experiment.user_id, experiment.credits_used) == (None, 2)
+        assert await session.get(User, user_id) is None
+        # The user's rows went with the user; the platform deletes its experiments too (see
+        # docs/schema.md), which keeps the database reconcilable for the tests after this one.
+        await session.delete(experiment)
 
 
 async def test_a_batch_writes_its_rows_before_waiting_for_its_users(sessions: Sessions) -> None:

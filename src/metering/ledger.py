@@ -7,11 +7,13 @@ Invariants kept here, inside the caller's database transaction:
   experiment without a user), so `creditsUsed = -SUM(usage amounts)` always;
 - each posting carries a unique idempotency key: posting the same key again changes nothing and
   returns the first result. Duplicates are found by the database (`ON CONFLICT DO NOTHING`);
-- rows are locked in one order, experiments by id and then users by id, so concurrent
-  transactions cannot deadlock on each other's locks. A usage batch takes its users' locks last,
-  just before it updates their balances, so batches of different experiments that share users
-  write their rows side by side and queue only for those final updates. User locks are
-  `FOR NO KEY UPDATE`, which lets other transactions insert rows referencing a locked user.
+- rows are locked in one order, so concurrent transactions cannot deadlock on each other's
+  locks: a usage batch holds its users against deletion (`FOR KEY SHARE`), then locks its
+  experiments, writes its rows, and locks its users' balances (`FOR NO KEY UPDATE`) last, each
+  step in id order. Batches of different experiments that share users thus write their rows side
+  by side and queue only for the final balance updates; other postings lock users `FOR NO KEY
+  UPDATE` too, which never blocks a key share. A user's deletion locks the user and then, by ON
+  DELETE SET NULL, its experiments: it waits for the batches holding the user, never the reverse.
 
 Rows are never updated or deleted: a correction is a new row (ADJUSTMENT or REFUND).
 """
@@ -217,6 +219,7 @@ async def charge_usage(
     else:
         owners = {e: owners_read[e] for e in experiment_ids if e in owners_read}
     await _lock_usage_tables(session, exclusive=None in owners.values())
+    await _hold_owners(session, {u for u in owners.values() if u is not None})
     experiments = await _lock_experiments(session, sorted(owners))
     if experiments.keys() != owners.keys() or any(experiments[e][0] != owners[e] for e in owners):
         raise OwnerChanged("an experiment changed owner or vanished while being charged")
@@ -244,7 +247,7 @@ async def charge_usage(
         fresh = billed + unbilled
 
     # Locked last and briefly: the rows above went in without waiting for other batches of the
-    # same users. The experiment locks held keep every owner from being deleted meanwhile.
+    # same users.
     balances = await _lock_users(session, {u for u in owners.values() if u is not None})
     user_deltas: dict[str, int] = defaultdict(int)
     experiment_deltas: dict[str, int] = defaultdict(int)
@@ -317,6 +320,24 @@ async def _lock_usage_tables(session: AsyncSession, *, exclusive: bool) -> None:
     """
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     await session.execute(text(f"SELECT {function}(:key)"), {"key": USAGE_LOCK_KEY})
+
+
+async def _hold_owners(session: AsyncSession, user_ids: set[str]) -> None:
+    """Keep the batch's owners from being deleted until it commits (`FOR KEY SHARE`, which blocks
+    only a deletion or a change of key, in id order). An owner already gone was deleted since
+    the owners were read: `OwnerChanged`, the batch is worth running again."""
+    if not user_ids:
+        return
+    found = set(
+        await session.scalars(
+            text('SELECT id FROM "User" WHERE id = ANY(:ids) ORDER BY id FOR KEY SHARE').bindparams(
+                bindparam("ids", type_=ARRAY(Text))
+            ),
+            {"ids": sorted(user_ids)},
+        )
+    )
+    if missing := sorted(user_ids - found):
+        raise OwnerChanged(f"experiment owner {', '.join(missing)} was deleted meanwhile")
 
 
 async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, int]:
