@@ -95,7 +95,11 @@ class UsageEvent(BaseModel):
         if self.metadata is not None:
             if len(self.metadata) > MAX_METADATA_KEYS:
                 raise ValueError(f"metadata has more than {MAX_METADATA_KEYS} keys")
-            if len(json.dumps(self.metadata).encode()) > MAX_METADATA_BYTES:
+            try:
+                encoded = json.dumps(self.metadata, allow_nan=False)
+            except ValueError:
+                raise ValueError("metadata must be plain JSON: NaN and Infinity are not") from None
+            if len(encoded.encode()) > MAX_METADATA_BYTES:
                 raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
         return self
 

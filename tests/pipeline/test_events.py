@@ -114,6 +114,16 @@ def test_digest_without_metadata_is_that_of_the_standard_librarys_canonical_json
     assert parsed.digest() == hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_metadata_with_a_non_finite_number_is_refused(value: str) -> None:
+    """Not JSON, though some encoders write it: JSONB would refuse it, or store it as null."""
+    document = json.dumps(event("exp-1", metadata={"score": 1})).replace(
+        '"score": 1', f'"score": {value}'
+    )
+    with pytest.raises(ValidationError, match="NaN and Infinity"):
+        parse_event(document)
+
+
 def test_wire_form_round_trips() -> None:
     parsed = parse(tier="batch", metadata={"step": 3})
     assert parse_event(parsed.to_json()) == parsed
