@@ -49,20 +49,6 @@ class EstimateRequest(BaseModel):
     at: AwareDatetime | None = None
 
 
-class EstimateResponse(BaseModel):
-    """The stored `estimatedCredits` and whether the owner's balance covers it.
-
-    `covered`, `balance` and `shortfall` are null for an experiment without an owner."""
-
-    experiment_id: str
-    api_key_mode: str
-    estimated_credits: int
-    user_id: str | None
-    balance: int | None
-    covered: bool | None
-    shortfall: int | None
-
-
 @router.get("/{experiment_id}/usage")
 async def get_usage(experiment_id: str, state: State) -> ExperimentUsageResponse:
     """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
@@ -74,7 +60,7 @@ async def get_usage(experiment_id: str, state: State) -> ExperimentUsageResponse
 @router.post("/{experiment_id}/estimate")
 async def post_estimate(
     experiment_id: str, body: EstimateRequest, state: State
-) -> EstimateResponse:
+) -> estimates.Estimate:
     """Price the expected calls under the experiment's apiKeyMode, markup and platform fee,
     store `estimatedCredits`, and say whether the owner's balance covers it.
     422 for an unpriced model or tier, 404 for an unknown experiment."""
@@ -89,4 +75,4 @@ async def post_estimate(
             platform_fee_usd_per_million=config.metering_platform_fee_usd_per_million,
             at=body.at or datetime.now(UTC),
         )
-    return EstimateResponse(**vars(estimate))
+    return estimate
