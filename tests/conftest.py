@@ -17,6 +17,7 @@ from metering import migrate
 from metering.db import create_engine, make_sessionmaker
 from metering.settings import get_settings
 from tests.factories import create_database, drop_database
+from tests.support import free_port
 
 REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -107,3 +108,9 @@ async def migrated_database(empty_database: str) -> str:
     """A private database migrated to head, for tests that must see or break all of it."""
     await migrate.upgrade_async(empty_database)
     return empty_database
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on."""
+    return free_port()

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.support import free_port
 
 METERING = str(Path(sys.executable).parent / "metering")
 
@@ -41,12 +42,6 @@ def _descendants(pid: int) -> set[int]:
         return {child.pid for child in psutil.Process(pid).children(recursive=True)}
     except psutil.NoSuchProcess:
         return set()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_demo_on_embedded_services_in_a_fresh_folder(
@@ -88,7 +83,7 @@ def test_demo_on_configured_services_starts_nothing_embedded(
 
 
 def test_dev_runs_the_stack_and_stops_it_all_on_ctrl_c(tmp_path: Path) -> None:
-    port, flower_port = _free_port(), _free_port()
+    port, flower_port = free_port(), free_port()
     dev = subprocess.Popen(
         [METERING, "dev", "--port", str(port), "--flower-port", str(flower_port)],
         cwd=tmp_path,

@@ -1,9 +1,8 @@
 """The chaos suite's books: who owns what, what was published, and what everyone must hold."""
 
-import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,17 +35,7 @@ WORKER_ENV = {
 """Small batches, and stalled entries and lapsed drain locks taken over within a second. Cases
 hold batches blocked on row locks for seconds, and each reclaim of a blocked batch's entries counts
 a delivery: the delivery limit is raised so that such entries are not dead-lettered as worn out."""
-DEADLINE_S = 120
 STARTING_CREDITS = 1_000_000
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until `check()` holds; give up (fail) after `DEADLINE_S`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not await check():
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def settled(redis: Redis, stream: str) -> bool:

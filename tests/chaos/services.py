@@ -4,7 +4,6 @@ pause, kill or restart without touching the machine's shared servers, and a `cel
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,17 +15,11 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
+from tests.support import free_port
+
 READY_TIMEOUT_S = 30
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:]
 REPO = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _wait(check: Callable[[], bool], what: str) -> None:

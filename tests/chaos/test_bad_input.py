@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from metering import keys
 from metering.events import MAX_TOKENS
-from tests.chaos.helpers import WORKER_ENV, Books, eventually, publish, settled
+from tests.chaos.helpers import WORKER_ENV, Books, publish, settled
 from tests.pipeline.helpers import Sessions, event
+from tests.support import eventually
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,6 @@ from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
     dead_letters_of,
-    eventually,
     publish,
     row_locked,
     settled,
@@ -25,6 +24,7 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.services import PrivatePostgres, private_postgres, running_beat
 from tests.pipeline.helpers import Sessions
+from tests.support import eventually
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -20,12 +20,12 @@ from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
     dead_letters_of,
-    eventually,
     publish,
     settled,
 )
 from tests.factories import unique
 from tests.pipeline.helpers import Sessions, event, raw
+from tests.support import eventually
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,6 @@ from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
     dead_letters_of,
-    eventually,
     publish,
     row_locked,
     settled,
@@ -28,6 +27,7 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.services import PrivateRedis, private_redis, running_beat
 from tests.pipeline.helpers import Sessions
+from tests.support import eventually
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from metering.db import session_scope
 from metering.models import CreditTransaction, StripeEvent, TransactionType
 from metering.settings import Settings
 from metering.web import create_app
-from tests.chaos.helpers import eventually, row_locked, waiting_on_a_lock
+from tests.chaos.helpers import row_locked, waiting_on_a_lock
 from tests.factories import create_user
 from tests.pipeline.helpers import Sessions, balance, violations
 from tests.stripe.deliveries import (
@@ -32,6 +32,7 @@ from tests.stripe.deliveries import (
     new_id,
     sign,
 )
+from tests.support import eventually
 from tests.web.conftest import serve
 from tests.workers import Worker, running_worker
 

@@ -11,13 +11,13 @@ from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
     dead_letters_of,
-    eventually,
     publish,
     row_locked,
     settled,
     waiting_on_a_lock,
 )
 from tests.pipeline.helpers import Sessions
+from tests.support import eventually
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,11 @@ from metering.db import session_scope
 from metering.emitter import AsyncEmitter
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from tests.factories import create_experiment, create_user
-from tests.ops.conftest import eventually, send
+from tests.ops.conftest import send
 from tests.pipeline.helpers import Sessions, balance, event
 from tests.stripe.deliveries import checkout_session
 from tests.stripe.deliveries import event as stripe_event
+from tests.support import eventually
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from metering.processes import celery_command
-from tests.ops.conftest import eventually, send
+from tests.ops.conftest import send
+from tests.support import eventually
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,9 @@ from metering.emitter import AsyncEmitter
 from metering.settings import Settings
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.ops.conftest import eventually, send
+from tests.ops.conftest import send
 from tests.pipeline.helpers import Sessions, event, raw, usage_rows
+from tests.support import eventually
 from tests.web.conftest import serve
 from tests.workers import running_worker
 

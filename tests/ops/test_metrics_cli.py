@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.conftest import eventually
+from tests.support import eventually
 
 pytestmark = pytest.mark.slow
 

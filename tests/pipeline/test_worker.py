@@ -1,10 +1,9 @@
 """The pipeline end to end: real Celery worker and beat processes, the real Redis and PostgreSQL."""
 
-import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.pipeline.helpers import (
     usage_rows,
     violations,
 )
+from tests.support import eventually
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,6 @@ WORKER_ENV = {
     # Reclaims of a batch blocked on a row lock count deliveries: don't wear entries out here.
     "METERING_USAGE_MAX_DELIVERIES": "1000",
 }
-DEADLINE_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +68,6 @@ def worker(beat: None) -> Iterator[None]:
         yield
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], every_s: float = 0.2) -> None:
-    """Wait until `check()` holds, asking every `every_s`; fail after the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not await check():
-        assert loop.time() < deadline, "the pipeline did not get there in time"
-        await asyncio.sleep(every_s)
-
-
 async def owner(sessions: Sessions, credits: int = 1_000_000) -> tuple[str, str]:
     async with session_scope(sessions) as session:
         user_id = await create_user(session, credits)
@@ -98,9 +88,9 @@ async def test_emitted_and_raw_events_are_charged_exactly_once(
     async def charged() -> bool:
         return await usage_rows(sessions, experiment_id) == 250
 
-    await eventually(charged)
+    await eventually(charged, "every event charged")
     await AsyncEmitter(redis, prefix=redis_prefix).emit_many(documents[:5])  # late retries
-    await eventually(lambda: _settled(redis, stream))
+    await eventually(lambda: _settled(redis, stream), "the stream settled")
 
     expected = expected_credits(documents)
     assert await usage_rows(sessions, experiment_id) == 250
@@ -125,8 +115,8 @@ async def test_a_poison_event_is_dead_lettered_and_its_batch_charged(
         entries = await redis.xrange(keys.dead_letter_stream(redis_prefix))
         return any(fields[b"event_id"] == poison["event_id"].encode() for _, fields in entries)
 
-    await eventually(dead_lettered)
-    await eventually(lambda: _rows_are(sessions, experiment_id, 20))
+    await eventually(dead_lettered, "the poison event dead-lettered")
+    await eventually(lambda: _rows_are(sessions, experiment_id, 20), "20 rows")
     assert await credits_used(sessions, experiment_id) == expected_credits(good)
     assert await violations(sessions) == []
 
@@ -139,8 +129,8 @@ async def test_the_budget_stop_fires(
     assert not await emitter.should_stop(experiment_id)
     await emitter.emit_many([event(experiment_id, n) for n in range(30)])
 
-    await eventually(lambda: emitter.should_stop(experiment_id))
-    await eventually(lambda: _rows_are(sessions, experiment_id, 30))
+    await eventually(lambda: emitter.should_stop(experiment_id), "the halt flag")
+    await eventually(lambda: _rows_are(sessions, experiment_id, 30), "30 rows")
     assert await balance(sessions, user_id) <= 0
     assert await violations(sessions) == []
 
@@ -156,15 +146,17 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
 
     with usage_worker(concurrency=1) as doomed:
         # Killed as soon as the first batch commits, while later ones are in flight.
-        await eventually(lambda: _rows_above(sessions, experiment_id, 0), every_s=0.01)
+        await eventually(
+            lambda: _rows_above(sessions, experiment_id, 0), "a first row", every_s=0.01
+        )
         doomed.kill()
     charged_before_restart = await usage_rows(sessions, experiment_id)
     assert charged_before_restart < len(documents)
 
     with usage_worker(concurrency=2):
-        await eventually(lambda: _rows_are(sessions, experiment_id, len(documents)))
+        await eventually(lambda: _rows_are(sessions, experiment_id, len(documents)), "every row")
         stream = keys.usage_stream(redis_prefix)
-        await eventually(lambda: _settled(redis, stream))
+        await eventually(lambda: _settled(redis, stream), "the stream settled")
 
     expected = expected_credits(documents)
     assert await credits_used(sessions, experiment_id) == expected

@@ -1,7 +1,6 @@
 """The app in-process over httpx's ASGI transport, and a local stand-in for Stripe's API."""
 
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -78,15 +77,6 @@ def stripe_api() -> Iterator[StandIn]:
     yield stand_in
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass
