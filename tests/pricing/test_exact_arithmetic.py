@@ -1,6 +1,6 @@
 """Prices and credits against an independent exact recomputation, value and string alike.
 
-The catalog prices calls in integers at rates applied once per model, tier and period; these tests
+The catalog prices calls at rates applied once per model, tier and period; these tests
 recompute every cost from the catalog's raw rates in a wide decimal context and require the same
 `Decimal`: equal in value and in `str()` (the ledger keeps the strings).
 """
@@ -168,66 +168,6 @@ def test_every_model_tier_period_and_context_length_of_the_catalog(index: int) -
                     prices,
                     long_context,
                 )
-
-
-decimals = st.builds(
-    lambda sign, coefficient, exponent: Decimal(
-        (sign, tuple(map(int, str(coefficient))), exponent)
-    ),
-    st.sampled_from([0, 0, 0, 1]),
-    st.one_of(st.integers(0, 10_000), st.integers(0, 10**40), st.integers(0, 10**90)),
-    st.integers(-45, 45),
-).filter(lambda rate: rate.is_zero() or not rate.is_signed())
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    rates=st.fixed_dictionaries(
-        {name: decimals for name in ("input", "cached_input", "cache_write", "output", "reasoning")}
-    ),
-    multiplier=st.sampled_from([Decimal(1), Decimal("0.5"), Decimal("1E-20"), Decimal("3E+20")]),
-    counts=st.lists(
-        st.one_of(st.integers(0, 10**6), st.integers(0, 10**85)), min_size=4, max_size=4
-    ),
-)
-def test_integer_pricing_gives_the_exact_contexts_result_or_error(
-    rates: dict[str, Decimal], multiplier: Decimal, counts: list[int]
-) -> None:
-    """Negative zeros, far exponents and sums too long for the exact context included."""
-    fresh, cached, written, output = counts
-    usage = TokenUsage(fresh, output, cached, written, output // 3)
-
-    def in_decimal() -> Decimal:
-        return cost_usd(applied_rates(rates, multiplier), usage)
-
-    def in_integers() -> Decimal:
-        return AppliedRates.of(rates, multiplier).usd(usage)
-
-    assert outcome(in_integers) == outcome(in_decimal)
-
-
-@pytest.mark.parametrize(
-    ("rate", "fresh", "cached"),
-    [
-        ("1", 10**80 - 1, 0),
-        ("1", 10**80, 0),  # 81 digits ending in 0: the exact context drops one (a new exponent)
-        ("1", 10**80 + 1, 0),  # the exact context would round: it raises
-        ("1", 10**80 + 5, 5),  # a whole sum of 80 digits, but its first term rounds: it raises
-        ("0.01", 10**80 - 1, 1),
-        ("0.01", 10**80, 0),
-        ("7.5", 10**79 + 10**78, 0),
-    ],
-)
-def test_the_integer_path_ends_where_the_exact_context_would_round(
-    rate: str, fresh: int, cached: int
-) -> None:
-    rates = dict.fromkeys(
-        ("input", "cached_input", "cache_write", "output", "reasoning"), Decimal(rate)
-    )
-    usage = TokenUsage(input_tokens=fresh, output_tokens=0, cached_input_tokens=cached)
-    assert outcome(lambda: AppliedRates.of(rates, Decimal(1)).usd(usage)) == outcome(
-        lambda: cost_usd(applied_rates(rates, Decimal(1)), usage)
-    )
 
 
 @pytest.mark.parametrize("zero", ["-0", "-0.00", "-0E+3"])

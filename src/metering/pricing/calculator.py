@@ -2,8 +2,7 @@
 
 All arithmetic runs in a decimal context that raises on any rounding, so a cost is exact or the
 call fails; the only rounding is `money.usd_to_exact_credits` (up, at the 18th decimal place).
-`AppliedRates` prices many calls at one set of rates in integer arithmetic, with the very result
-(value and exponent) that the decimal context gives.
+`AppliedRates` keeps one set of rates, with their price strings, for pricing many calls.
 """
 
 from collections.abc import Mapping
@@ -75,74 +74,25 @@ def cost_usd(rates: Mapping[str, Decimal], usage: TokenUsage) -> Decimal:
         return micro_usd.scaleb(-6)
 
 
-TOKEN_CLASSES: tuple[str, ...] = ("input", "cached_input", "cache_write", "output", "reasoning")
-FIXED_POINT_EXPONENTS = range(-30, 31)
-"""Rate exponents priced in integers: far inside the exact context's exponent limits, so that no
-cost is clamped or subnormal there."""
-_EXACT_LIMIT = 10**EXACT.prec
-
-FixedPoint = tuple[tuple[int, int, int, int, int], int]
-"""Rates per class (in `TOKEN_CLASSES` order) as integers in units of 10**exponent USD per
-token, and that exponent."""
-
-
 @dataclass(frozen=True, slots=True)
 class AppliedRates:
     """One set of rates after the long-context and tier rules, ready to price many calls.
 
-    `rates` are USD per million per class, `prices` their decimal strings, and `fixed_point` the
-    same rates as integers (None when a rate cannot be one, see `fixed_point`).
+    `rates` are USD per million per class and `prices` their decimal strings.
     """
 
     rates: dict[str, Decimal]
     prices: dict[str, str]
-    fixed_point: FixedPoint | None
 
     @classmethod
     def of(cls, rates: Mapping[str, Decimal], multiplier: Decimal) -> "AppliedRates":
         """`rates` times the tier `multiplier`, exactly as `applied_rates` gives them."""
         applied = applied_rates(rates, multiplier)
-        prices = {token_class: str(rate) for token_class, rate in applied.items()}
-        return cls(applied, prices, fixed_point(applied))
+        return cls(applied, {token_class: str(rate) for token_class, rate in applied.items()})
 
     def usd(self, usage: TokenUsage) -> Decimal:
-        """`cost_usd(self.rates, usage)`, in integers whenever the exact context would not round."""
-        if self.fixed_point is not None:
-            (input_, cached, write, output, reasoning), exponent = self.fixed_point
-            units = (
-                usage.input_tokens * input_
-                + usage.cached_input_tokens * cached
-                + usage.cache_write_tokens * write
-                + (usage.output_tokens - usage.reasoning_tokens) * output
-                + usage.reasoning_tokens * reasoning
-            )
-            if units < _EXACT_LIMIT:
-                return Decimal(units).scaleb(exponent, EXACT)
+        """The exact USD of `usage` at these rates (`cost_usd`)."""
         return cost_usd(self.rates, usage)
-
-
-def fixed_point(rates: Mapping[str, Decimal]) -> FixedPoint | None:
-    """The rates as integer multiples of 10**(e - 6) USD per token, e being the smallest rate
-    exponent, and e - 6.
-
-    That is how `cost_usd` aligns its sum: below 10**`EXACT.prec` units, every step of it is exact
-    and its result has that coefficient and exponent. None when a rate is negative (zero: its sign
-    can show in the result) or has an exponent outside `FIXED_POINT_EXPONENTS`.
-    """
-    coefficients: list[int] = []
-    exponents: list[int] = []
-    for token_class in TOKEN_CLASSES:
-        sign, digits, exponent = rates[token_class].as_tuple()
-        if sign or not isinstance(exponent, int) or exponent not in FIXED_POINT_EXPONENTS:
-            return None
-        coefficients.append(int("".join(map(str, digits))))
-        exponents.append(exponent)
-    lowest = min(exponents)
-    input_, cached, write, output, reasoning = (
-        coefficient * 10 ** (exponent - lowest)
-        for coefficient, exponent in zip(coefficients, exponents, strict=True)
-    )
-    return (input_, cached, write, output, reasoning), lowest - 6
 
 
 def charge_exact_credits(
