@@ -12,7 +12,7 @@ from tests.pricing.conftest import MINIMAL
 
 def test_the_packaged_catalog_loads_and_is_cached() -> None:
     assert get_catalog() is get_catalog(None)
-    assert get_catalog().version.startswith(get_catalog().data.updated.isoformat())
+    assert get_catalog().version.startswith(get_catalog().updated.isoformat())
 
 
 def test_a_file_catalog_is_cached_per_path(write_catalog: Callable[[str], Path]) -> None:
@@ -41,7 +41,7 @@ def test_the_version_changes_with_the_contents(write_catalog: Callable[[str], Pa
             "UTC offset",
         ),
         (('source = "https://', 'source = "http://'), "models[0] (thinker-1)", "source"),
-        (('batch = "0.5"', 'batch = "0"'), "providers.acme", "multiplier > 0"),
+        (('batch = "0.5"', 'batch = "0"'), "providers.acme", "multipliers > 0"),
         (('id = "thinker-1"', 'id = "thinker-1"\nprice = "1"'), "models[0]", "Extra inputs"),
     ],
 )

@@ -100,17 +100,35 @@ def test_sonnet_long_context_keeps_the_cache_multipliers() -> None:
 
 @pytest.mark.parametrize(
     ("provider", "model"),
-    [("openai", "gpt-4.1"), ("anthropic", "claude-opus-4-1"), ("google", "gemini-2.5-flash")],
+    [("openai", "gpt-4.1"), ("anthropic", "claude-opus-4-1"), ("xai", "grok-4.3")],
 )
-def test_batch_halves_every_rate(provider: str, model: str) -> None:
+def test_a_batch_tier_of_one_multiplier_applies_it_to_every_rate(provider: str, model: str) -> None:
     tokens = {"input_tokens": 10_000, "cached_input_tokens": 5_000, "output_tokens": 2_000}
     standard = usd(provider, model, **tokens)
-    assert usd(provider, model, tier="batch", **tokens) * 2 == standard
+    multiplier = get_catalog().resolve(provider, model).tiers()["batch"]
+    assert set(multiplier.values()) in ({Decimal("0.5")}, {Decimal("0.8")})
+    assert usd(provider, model, tier="batch", **tokens) == standard * multiplier["input"]
+
+
+def test_a_tier_priced_per_class_keeps_the_classes_it_names_apart() -> None:
+    # Gemini's batch mode halves input and output; cache reads keep the standard rate.
+    cost = get_catalog().price_call(
+        "google", "gemini-2.5-flash", TokenUsage(100, 10, cached_input_tokens=40), NOW, "batch"
+    )
+    assert (cost.prices["input"], cost.prices["output"]) == ("0.150", "1.250")
+    assert cost.prices["cached_input"] == "0.03"
+    assert cost.usd == (100 * Decimal("0.15") + 10 * Decimal("1.25") + 40 * Decimal("0.03")) / (
+        10**6
+    )
 
 
 def test_batch_applies_on_top_of_long_context() -> None:
     long_call = {"input_tokens": 300_000, "output_tokens": 1_000}
     assert usd("google", "gemini-2.5-pro", tier="batch", **long_call) == Decimal("0.3825")
+    # grok-4.3 doubles every rate from 200,000 prompt tokens: 199,999 is short, 200,000 is long.
+    assert usd("xai", "grok-4.3", input_tokens=199_999) == Decimal("0.24999875")
+    assert usd("xai", "grok-4.3", input_tokens=200_000) == Decimal("0.5")
+    assert usd("xai", "grok-4.3", tier="batch", input_tokens=200_000) == Decimal("0.4")
 
 
 def test_a_tier_the_model_does_not_price_is_refused() -> None:
@@ -137,9 +155,8 @@ def test_deepseek_prices_follow_each_published_change() -> None:
         "1.37"
     )
     assert usd("deepseek", "deepseek-chat", at=change, **tokens) == Decimal("2.24")
-    assert usd("deepseek", "deepseek-reasoner", at=datetime(2025, 3, 1, tzinfo=UTC), **tokens) == (
-        Decimal("2.74")
-    )
+    noon = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert usd("deepseek", "deepseek-reasoner", at=noon, **tokens) == Decimal("2.74")
     assert usd("deepseek", "deepseek-reasoner", at=datetime(2025, 10, 1, tzinfo=UTC), **tokens) == (
         Decimal("0.70")
     )

@@ -51,10 +51,12 @@ class CallCost:
         }
 
 
-def applied_rates(rates: Mapping[str, Decimal], multiplier: Decimal) -> dict[str, Decimal]:
-    """Each class's rate times the tier multiplier, exactly."""
+def applied_rates(
+    rates: Mapping[str, Decimal], multipliers: Mapping[str, Decimal]
+) -> dict[str, Decimal]:
+    """Each class's rate times its tier multiplier, exactly."""
     with localcontext(EXACT):
-        return {token_class: rate * multiplier for token_class, rate in rates.items()}
+        return {token_class: rate * multipliers[token_class] for token_class, rate in rates.items()}
 
 
 def cost_usd(rates: Mapping[str, Decimal], usage: TokenUsage) -> Decimal:
@@ -85,9 +87,9 @@ class AppliedRates:
     prices: dict[str, str]
 
     @classmethod
-    def of(cls, rates: Mapping[str, Decimal], multiplier: Decimal) -> "AppliedRates":
-        """`rates` times the tier `multiplier`, exactly as `applied_rates` gives them."""
-        applied = applied_rates(rates, multiplier)
+    def of(cls, rates: Mapping[str, Decimal], multipliers: Mapping[str, Decimal]) -> "AppliedRates":
+        """`rates` times the tier's `multipliers`, exactly as `applied_rates` gives them."""
+        applied = applied_rates(rates, multipliers)
         return cls(applied, {token_class: str(rate) for token_class, rate in applied.items()})
 
     def usd(self, usage: TokenUsage) -> Decimal:

@@ -2,17 +2,21 @@
 
 Invariants checked here: every price is a non-negative decimal given as a string or an integer
 (never a float); effective dates are timezone-aware and strictly increasing per model; model ids
-and aliases are unique within a provider; tier multipliers are positive.
+and aliases are unique within a provider; tier multipliers are positive; time-of-day windows are
+UTC times of day with distinct start and end.
 """
 
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 STANDARD_TIER = "standard"
+TOKEN_CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
 def _decimal(value: object) -> Decimal:
@@ -77,11 +81,93 @@ class LongContext(Rates):
     above_prompt_tokens: int = Field(gt=0, strict=True)
 
 
+def _utc_time(value: object) -> time:
+    if not isinstance(value, time):
+        raise ValueError(f"give a TOML local time such as 16:30:00 (UTC), not {value!r}")
+    if value.tzinfo is not None:
+        raise ValueError("times of day are UTC; write them without an offset")
+    return value
+
+
+UtcTime = Annotated[time, BeforeValidator(_utc_time)]
+"""A time of day in UTC."""
+
+
+class TimeWindow(Rates):
+    """Rates for calls made from `start` (inclusive) to `end` (exclusive), UTC, on `days`.
+
+    A window whose `end` is earlier than its `start` crosses midnight. `days` are the UTC weekdays
+    of the call itself (a call at 00:10 on a Saturday is a Saturday call); all days when omitted.
+    """
+
+    start: UtcTime
+    end: UtcTime
+    days: tuple[Weekday, ...] = WEEKDAYS
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "TimeWindow":
+        if self.start == self.end:
+            raise ValueError("a time window needs different start and end times")
+        if not self.days:
+            raise ValueError("a time window needs at least one day")
+        return self
+
+    def contains(self, at: datetime) -> bool:
+        """Whether the UTC time `at` (an aware datetime in UTC) falls in this window."""
+        if WEEKDAYS[at.weekday()] not in self.days:
+            return False
+        moment = at.time()
+        if self.start < self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+
 class PricePeriod(Rates):
-    """Rates in force from `from_` until the next period of the same model."""
+    """Rates in force from `from_` until the next period of the same model.
+
+    `time_of_day` windows replace the period's rates for calls inside them (the first window that
+    contains the call applies); they cannot be combined with `long_context`.
+    """
 
     from_: Instant = Field(alias="from")
     long_context: LongContext | None = None
+    time_of_day: tuple[TimeWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "PricePeriod":
+        if self.time_of_day and self.long_context is not None:
+            raise ValueError("a period cannot have both long_context and time_of_day rates")
+        return self
+
+    def window_at(self, at: datetime) -> int | None:
+        """The index of the first time window containing `at` (UTC), or None."""
+        for index, window in enumerate(self.time_of_day):
+            if window.contains(at):
+                return index
+        return None
+
+
+class TierTable(_Strict):
+    """A tier priced per token class: `every` class at one multiplier, unless named apart."""
+
+    every: Money
+    input: Money | None = None
+    cached_input: Money | None = None
+    cache_write: Money | None = None
+    output: Money | None = None
+    reasoning: Money | None = None
+
+
+Tier = Money | TierTable
+"""A service tier: one multiplier on every rate ("0.5"), or a `TierTable`."""
+
+
+def tier_multipliers(tier: Decimal | TierTable) -> dict[str, Decimal]:
+    """Each token class's multiplier under a tier."""
+    if isinstance(tier, Decimal):
+        return dict.fromkeys(TOKEN_CLASSES, tier)
+    named = {name: getattr(tier, name) for name in TOKEN_CLASSES}
+    return {name: tier.every if value is None else value for name, value in named.items()}
 
 
 class ModelEntry(_Strict):
@@ -92,13 +178,15 @@ class ModelEntry(_Strict):
     source: str = Field(pattern=r"^https://")
     checked: date
     """The day the prices were last compared with `source`."""
-    tiers: dict[str, Money] | None = None
-    """Service tier -> multiplier on every rate; replaces the provider's tiers when given."""
+    tiers: dict[str, Tier] | None = None
+    """Service tier -> multipliers; replaces the provider's tiers when given."""
     prices: tuple[PricePeriod, ...] = Field(min_length=1)
 
     @field_validator("tiers")
     @classmethod
-    def _positive(cls, tiers: dict[str, Decimal] | None) -> dict[str, Decimal] | None:
+    def _positive(
+        cls, tiers: dict[str, Decimal | TierTable] | None
+    ) -> dict[str, Decimal | TierTable] | None:
         return None if tiers is None else _check_tiers(tiers)
 
     @field_validator("prices")
@@ -118,23 +206,17 @@ class ProviderEntry(_Strict):
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    tiers: dict[str, Money] = {}
+    tiers: dict[str, Tier] = {}
     models: tuple[ModelEntry, ...] = Field(min_length=1)
 
     @field_validator("tiers")
     @classmethod
-    def _positive(cls, tiers: dict[str, Decimal]) -> dict[str, Decimal]:
+    def _positive(cls, tiers: dict[str, Decimal | TierTable]) -> dict[str, Decimal | TierTable]:
         return _check_tiers(tiers)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ProviderEntry":
-        owner: dict[str, str] = {}
-        for model in self.models:
-            for name in (model.id, *model.aliases):
-                key = name.lower()
-                if key in owner:
-                    raise ValueError(f"{name!r} of model {model.id!r} is already {owner[key]!r}")
-                owner[key] = model.id
+        check_unique_names(self.models)
         return self
 
 
@@ -145,10 +227,47 @@ class CatalogFile(_Strict):
     providers: dict[str, ProviderEntry] = Field(min_length=1)
 
 
-def _check_tiers(tiers: dict[str, Decimal]) -> dict[str, Decimal]:
-    for name, multiplier in tiers.items():
+class OverlayProvider(_Strict):
+    """A provider in an operator's file: `name` is needed only for a provider not shipped.
+
+    `tiers` replace the shipped provider's tiers when given; `aliases` add to its own.
+    """
+
+    name: str | None = Field(default=None, min_length=1)
+    aliases: tuple[str, ...] = ()
+    tiers: dict[str, Tier] | None = None
+    models: tuple[ModelEntry, ...] = ()
+
+    @field_validator("tiers")
+    @classmethod
+    def _positive(
+        cls, tiers: dict[str, Decimal | TierTable] | None
+    ) -> dict[str, Decimal | TierTable] | None:
+        return None if tiers is None else _check_tiers(tiers)
+
+
+class OverlayFile(_Strict):
+    """An operator's file laid over the shipped catalog: models added or replaced by id."""
+
+    updated: date | None = None
+    providers: dict[str, OverlayProvider] = Field(min_length=1)
+
+
+def check_unique_names(models: tuple[ModelEntry, ...]) -> None:
+    """Raise `ValueError` when two models of one provider share an id or alias."""
+    owner: dict[str, str] = {}
+    for model in models:
+        for name in (model.id, *model.aliases):
+            key = name.lower()
+            if key in owner:
+                raise ValueError(f"{name!r} of model {model.id!r} is already {owner[key]!r}")
+            owner[key] = model.id
+
+
+def _check_tiers(tiers: dict[str, Decimal | TierTable]) -> dict[str, Decimal | TierTable]:
+    for name, tier in tiers.items():
         if name == STANDARD_TIER:
             raise ValueError("the standard tier is implicit (multiplier 1); do not list it")
-        if multiplier <= 0:
-            raise ValueError(f"tier {name!r} needs a multiplier > 0")
+        if any(multiplier <= 0 for multiplier in tier_multipliers(tier).values()):
+            raise ValueError(f"tier {name!r} needs multipliers > 0")
     return tiers
