@@ -19,6 +19,7 @@ runner = CliRunner()
 def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.delenv("METERING_PRICE_CATALOG", raising=False)
     monkeypatch.setenv("METERING_MARKUP", "1.5")
+    monkeypatch.setenv("COLUMNS", "200")
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()
@@ -92,11 +93,15 @@ def test_price_refuses_a_time_without_offset() -> None:
 
 def test_prices_lists_a_provider(fresh_settings: pytest.MonkeyPatch) -> None:
     result = runner.invoke(
-        app, ["prices", "--provider", "deepseek", "--at", "2025-03-01T00:00:00Z"]
+        app, ["prices", "--provider", "deepseek", "--at", "2025-03-01T12:00:00Z"]
     )
     assert result.exit_code == 0, result.output
     assert "deepseek-chat" in result.output
     assert "0.27" in result.output
+    assert "time of day" not in result.output
+    night = runner.invoke(app, ["prices", "--provider", "deepseek", "--at", "2025-03-01T00:00:00Z"])
+    assert "0.135" in night.output
+    assert "time of day" in night.output
     assert "openai" not in result.output
 
 

@@ -1,7 +1,8 @@
-"""Pricing commands: list the catalog's prices and price one call."""
+"""Pricing commands: list the catalog's prices, price one call, import a peer's price list."""
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -15,6 +16,7 @@ from metering.pricing.schema import STANDARD_TIER
 from metering.settings import get_settings
 
 TOKENS = typer.Option(0, min=0, help="Tokens of this class (classes are disjoint).")
+ONLY_PROVIDERS = typer.Option(None, help="Only these catalog providers (repeatable).")
 
 
 def _catalog() -> Catalog:
@@ -36,14 +38,24 @@ def _instant(text: str | None) -> datetime:
     return moment
 
 
-@app.command()
+prices_app = typer.Typer(
+    help="List USD per million tokens for every model, or import a peer's price list.",
+    invoke_without_command=True,
+)
+app.add_typer(prices_app, name="prices")
+
+
+@prices_app.callback()
 def prices(
+    context: typer.Context,
     provider: str | None = typer.Option(None, help="Only this provider."),
     at: str | None = typer.Option(
         None, help="Prices in force at this RFC 3339 time (default now)."
     ),
 ) -> None:
     """List USD per million tokens for every model (input, cached, cache write, output)."""
+    if context.invoked_subcommand is not None:
+        return
     catalog = _catalog()
     moment = _instant(at)
     table = Table(
@@ -64,7 +76,8 @@ def prices(
             period = resolved.period_at(moment)
         except NoPriceAt:
             continue
-        rates = period.per_class()
+        window = period.window_at(moment.astimezone(UTC))
+        rates = (period if window is None else period.time_of_day[window]).per_class()
         long = period.long_context
         table.add_row(
             resolved.provider_id,
@@ -74,10 +87,103 @@ def prices(
             str(rates["cache_write"]),
             str(rates["output"]),
             f"> {long.above_prompt_tokens:,}: {long.input} / {long.output}" if long else "",
-            ", ".join(f"{name} x{m}" for name, m in resolved.tiers().items() if name != "standard"),
-            period.from_.date().isoformat(),
+            _tiers_text(resolved.tiers()),
+            period.from_.date().isoformat() + ("" if window is None else " (time of day)"),
         )
     console.print(table)
+
+
+def _tiers_text(tiers: dict[str, dict[str, Decimal]]) -> str:
+    """`batch x0.5`, or `batch x0.5 (cached_input x1)` when classes differ."""
+    shown = []
+    for name, multipliers in tiers.items():
+        if name == STANDARD_TIER:
+            continue
+        common = max(set(multipliers.values()), key=list(multipliers.values()).count)
+        apart = ", ".join(
+            f"{key} x{value}" for key, value in multipliers.items() if value != common
+        )
+        shown.append(f"{name} x{common}" + (f" ({apart})" if apart else ""))
+    return ", ".join(shown)
+
+
+@prices_app.command("import")
+def import_prices(
+    source: str | None = typer.Option(
+        None,
+        "--from",
+        help="genai-prices' data file (its JSON list of providers), else its package.",
+    ),
+    output: str = typer.Option(
+        "prices-import.toml",
+        help="File to write for review: .toml (an operator's catalog file) or .json (the "
+        "packaged imported layer).",
+    ),
+    with_changes: bool = typer.Option(
+        False, "--with-changes", help="Also write the models whose prices differ from ours."
+    ),
+    provider: list[str] | None = ONLY_PROVIDERS,
+) -> None:
+    """Convert genai-prices' data into catalog entries, show how they differ, write them to a file.
+
+    Never changes the catalog: review the file, then use it as METERING_PRICE_CATALOG or ship it.
+    """
+    from metering.pricing.catalog_writer import grouped, to_json, to_toml
+    from metering.pricing.peer_import import compare, convert, load_peer_data
+
+    catalog = _catalog()
+    today = datetime.now(UTC).date()
+    try:
+        conversion = convert(load_peer_data(None if source is None else Path(source)), today)
+    except MeteringError as error:
+        fail(f"{error} [{error.code}]")
+    differences = [
+        difference
+        for difference in compare(catalog, conversion)
+        if not provider or difference.converted.provider in provider
+    ]
+    table = Table(title=f"genai-prices against catalog {catalog.version} (USD per 1M tokens)")
+    for column in ("provider", "model", "status", "input", "cached", "output", "tiers", "what"):
+        table.add_column(column, no_wrap=column in ("provider", "model"))
+    for difference in differences:
+        if difference.status == "same":
+            continue
+        entry = difference.converted.entry
+        current = entry["prices"][-1]
+        table.add_row(
+            difference.converted.provider,
+            str(entry["id"]),
+            difference.status,
+            str(current["input"]),
+            str(current.get("cached_input", "")),
+            str(current["output"]),
+            ", ".join(entry["tiers"]),
+            difference.detail or "; ".join(difference.converted.notes),
+        )
+    console.print(table)
+    counts = {status: 0 for status in ("new", "differs", "same")}
+    for difference in differences:
+        counts[difference.status] += 1
+    names = {
+        provider_id: catalog.provider_name(provider_id) for provider_id in catalog.provider_ids
+    }
+    providers = grouped(differences, names, with_changes)
+    target = Path(output)
+    if target.suffix == ".json":
+        text = to_json(providers, today)
+    else:
+        header = (
+            f"Catalog entries converted from genai-prices data on {today.isoformat()} by "
+            "`metering prices import`.\nReview every entry against its source before use."
+        )
+        text = to_toml(providers, today, header)
+    target.write_text(text)
+    written = sum(len(entry["models"]) for entry in providers.values())
+    console.print(
+        f"{counts['new']} new, {counts['differs']} differ, {counts['same']} the same, "
+        f"{len(conversion.skipped)} left out; {written} written to {output} for review"
+        + ("" if with_changes else " (changed models are shown, not written: --with-changes)")
+    )
 
 
 @app.command()

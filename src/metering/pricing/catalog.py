@@ -1,4 +1,4 @@
-"""The price catalog: loading and validating layers of catalog files, resolving names, pricing calls.
+"""The price catalog: loading and validating layers of catalog files, resolving names, pricing.
 
 The shipped catalog is two packaged layers: `catalog-imported.json` (entries converted from a peer
 price list and reviewed) under `catalog.toml` (entries kept by hand, which win). Operators' files
@@ -113,7 +113,7 @@ class TierPrices:
         return cls(resolved, multipliers, tuple(period.from_ for period in resolved.model.prices))
 
     def rates(self, index: int, long_context: bool, window: int | None) -> AppliedRates:
-        """The rates of period `index` (its long-context or window rates when given), tier applied."""
+        """Period `index`'s rates (or its long-context or window rates), tier applied."""
         key = (index, long_context, window)
         found = self.applied.get(key)
         if found is None:
@@ -287,6 +287,10 @@ class Catalog:
         """Every provider's canonical id, in file order."""
         return list(self._table)
 
+    def provider_name(self, provider_id: str) -> str:
+        """A provider's display name."""
+        return self._table[provider_id].info.name
+
     def models(self, provider: str | None = None) -> Iterator[ResolvedModel]:
         """Every model, or one provider's, in file order."""
         ids = list(self._table) if provider is None else [self.resolve_provider(provider)]
@@ -419,7 +423,7 @@ def read_layer(path: Path, kind: str = "overlay") -> Layer:
 def load_catalog(path: Path | None = None) -> Catalog:
     """The shipped catalog (when `path` is None), or the catalog file at `path` on its own.
 
-    Raises `CatalogError` naming the file, the line, the entry and the reason when anything is wrong.
+    Raises `CatalogError` naming the file, line, entry and reason when anything is wrong.
     """
     if path is None:
         return Catalog(shipped_layers())

@@ -15,8 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 STANDARD_TIER = "standard"
 TOKEN_CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def _decimal(value: object) -> Decimal:
@@ -32,6 +32,11 @@ def _decimal(value: object) -> Decimal:
 
 
 def _aware(value: object) -> datetime:
+    if isinstance(value, str):  # the JSON layer writes ISO 8601 text
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not an ISO 8601 date-time") from error
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("effective dates need a UTC offset, e.g. 2025-06-10T00:00:00Z")
@@ -82,6 +87,11 @@ class LongContext(Rates):
 
 
 def _utc_time(value: object) -> time:
+    if isinstance(value, str):  # the JSON layer writes ISO 8601 text
+        try:
+            value = time.fromisoformat(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not an ISO 8601 time of day") from error
     if not isinstance(value, time):
         raise ValueError(f"give a TOML local time such as 16:30:00 (UTC), not {value!r}")
     if value.tzinfo is not None:
