@@ -11,7 +11,7 @@ from metering.cli.app import app
 from metering.cli.common import console, fail, print_json
 from metering.errors import MeteringError
 from metering.pricing import NoPriceAt, TokenUsage, charge_exact_credits, get_catalog
-from metering.pricing.catalog import Catalog
+from metering.pricing.catalog import Catalog, shipped_layers
 from metering.pricing.schema import STANDARD_TIER
 from metering.settings import get_settings
 
@@ -123,6 +123,11 @@ def import_prices(
         False, "--with-changes", help="Also write the models whose prices differ from ours."
     ),
     provider: list[str] | None = ONLY_PROVIDERS,
+    hand_kept_only: bool = typer.Option(
+        False,
+        "--hand-kept-only",
+        help="Compare with the hand-kept layer alone (to rebuild the packaged imported layer).",
+    ),
 ) -> None:
     """Convert genai-prices' data into catalog entries, show how they differ, write them to a file.
 
@@ -131,7 +136,7 @@ def import_prices(
     from metering.pricing.catalog_writer import grouped, to_json, to_toml
     from metering.pricing.peer_import import compare, convert, load_peer_data
 
-    catalog = _catalog()
+    catalog = Catalog([shipped_layers()[-1]]) if hand_kept_only else _catalog()
     today = datetime.now(UTC).date()
     try:
         conversion = convert(load_peer_data(None if source is None else Path(source)), today)

@@ -194,10 +194,12 @@ def _entry(
         raise _Unconvertible("time-of-day prices together with dated prices")
     if windows:
         periods[0]["time_of_day"] = windows
-    periods.sort(key=lambda period: str(period["from"]))
+    periods.sort(key=_start)
     if len({period["from"] for period in periods}) != len(periods):
         raise _Unconvertible("two prices start on the same day")
-    tiers, tier_notes = _tiers(model.get("price_variants") or [], periods[-1])
+    if all(period["from"] > f"{checked.isoformat()}T23:59:59Z" for period in periods):
+        raise _Unconvertible("no price in force yet")
+    tiers, tier_notes = _tiers(model.get("price_variants") or [], periods, checked)
     entry: dict[str, Any] = {
         "id": str(model["id"]),
         "aliases": _aliases(model.get("match"), str(model["id"])),
@@ -254,21 +256,36 @@ def _utc(text: str) -> str:
 
 
 def _tiers(
-    variants: Iterable[Mapping[str, Any]], standard: Mapping[str, Any]
+    variants: Iterable[Mapping[str, Any]], periods: list[dict[str, Any]], today: date
 ) -> tuple[dict[str, Any], list[str]]:
-    """The peer's batch / flex / priority variants as tier multipliers on `standard`'s rates."""
+    """The peer's batch / flex / priority variants as tier multipliers on the standard rates.
+
+    As genai-prices does, the first variant of a tier in force `today` applies, compared with the
+    standard price in force today. Tiers are not dated in the catalog: a later variant is noted.
+    """
+    now = f"{today.isoformat()}T23:59:59Z"
+    standard = max((period for period in periods if period["from"] <= now), key=_start)
     tiers: dict[str, Any] = {}
     notes: list[str] = []
     for variant in variants:
         when = variant.get("when") or {}
         name = TIER_VARIANTS.get(next(iter(when.items()), ("", ""))) if len(when) == 1 else None
-        if name is None:
+        if name is None or name in tiers:
+            continue
+        starts = (variant.get("constraint") or {}).get("start_date")
+        if starts is not None and date.fromisoformat(str(starts)) > today:
+            notes.append(f"{name} prices from {starts} not kept")
             continue
         try:
             tiers[name] = _multipliers(variant.get("prices") or {}, standard)
         except _Unconvertible as reason:
             notes.append(f"{name} tier left out: {reason}")
-    return tiers, notes
+            tiers[name] = None
+    return {name: tier for name, tier in tiers.items() if tier is not None}, notes
+
+
+def _start(period: Mapping[str, Any]) -> str:
+    return str(period["from"])
 
 
 def _multipliers(prices: Mapping[str, Any], standard: Mapping[str, Any]) -> Any:
