@@ -58,7 +58,6 @@ PACKAGED_IMPORTED = "catalog-imported.json"
 MAX_SPELLINGS = 4096
 """Spellings of (provider, model, tier) remembered per catalog; beyond them, the memory starts
 afresh, so that endless distinct names cannot grow it."""
-_TIERS = TypeAdapter(dict[str, Tier])
 _STANDARD = dict.fromkeys(TOKEN_CLASSES, Decimal(1))
 
 
@@ -215,7 +214,7 @@ class Catalog:
             document = json.loads(layer.raw)
             updated = date.fromisoformat(document["updated"])
             for provider_id, provider in document["providers"].items():
-                tiers = _TIERS.validate_python(provider.get("tiers", {}))
+                tiers = _tiers_adapter().validate_python(provider.get("tiers", {}))
                 slots = [_Slot(layer.label, model, None) for model in provider["models"]]
                 self._merge(
                     layer.label,
@@ -447,6 +446,12 @@ def get_catalog(path: Path | None = None) -> Catalog:
     Loaded once per setting; `None` is the shipped catalog alone.
     """
     return _cached_catalog(path)
+
+
+@lru_cache(maxsize=1)
+def _tiers_adapter() -> TypeAdapter[dict[str, Decimal | TierTable]]:
+    """Built on first use: a module-level adapter would cost every import of the package."""
+    return TypeAdapter(dict[str, Tier])
 
 
 @lru_cache(maxsize=8)

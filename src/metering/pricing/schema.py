@@ -243,6 +243,9 @@ class OverlayProvider(_Strict):
     `tiers` replace the shipped provider's tiers when given; `aliases` add to its own.
     """
 
+    # Built when an operator's file is first read, not at every import.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
     name: str | None = Field(default=None, min_length=1)
     aliases: tuple[str, ...] = ()
     tiers: dict[str, Tier] | None = None
@@ -258,6 +261,8 @@ class OverlayProvider(_Strict):
 
 class OverlayFile(_Strict):
     """An operator's file laid over the shipped catalog: models added or replaced by id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     updated: date | None = None
     providers: dict[str, OverlayProvider] = Field(min_length=1)
