@@ -51,6 +51,8 @@ PEER: list[dict[str, Any]] = [
             ),
             model("old-model", {"input_mtok": "1", "output_mtok": "1"}, deprecated=True),
             model("whisper-9", {"audio_hours": "0.1"}),
+            model("embed-9", {"input_mtok": "0.02"}),
+            model("voice-9", {"input_mtok": "1", "output_audio_mtok": "20"}),
         ],
     },
     {
@@ -179,9 +181,11 @@ def test_prices_become_periods_long_context_windows_and_tiers() -> None:
 
 def test_what_cannot_be_held_is_left_out_with_its_reason() -> None:
     skipped = {item.model: item.reason for item in convert(PEER, TODAY).skipped}
+    assert entries()["embed-9"]["prices"][0]["output"] == "0"
     assert skipped == {
+        "voice-9": "output priced in units other than text tokens",
         "old-model": "deprecated",
-        "whisper-9": "no price for text input and output tokens",
+        "whisper-9": "no price for text input tokens",
     }
     notes = {item.entry["id"]: item.notes for item in convert(PEER, TODAY).converted}
     assert "flex tier left out: no exact ratio between 0.59 and 0.2" in notes["llama-9-70b"]
@@ -202,7 +206,7 @@ def test_import_shows_the_difference_and_writes_a_file_for_review(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert "llama-9-70b" in result.output
     assert "new" in result.output
-    assert "2 left out" in result.output
+    assert "3 left out" in result.output
     text = output.read_text()
     assert text.startswith("# Catalog entries converted from genai-prices data on")
     catalog = load_with_overlays([output])
@@ -266,6 +270,7 @@ def test_json_output_is_the_packaged_imported_layer(tmp_path: Path) -> None:
     catalog = Catalog([Layer(str(output), output.read_bytes(), "imported")])
     assert {resolved.model.id for resolved in catalog.models()} == {
         "llama-9-70b",
+        "embed-9",
         "gemini-9-pro",
         "deepseek-nova",
     }

@@ -4,7 +4,8 @@ genai-prices is never imported at run time unless it is installed and no data fi
 data is read from its JSON file (a list of providers, as the project publishes it) or from the
 installed package's data module, turned into the same plain shape.
 
-What converts: models that are not deprecated and price text input and output tokens; one
+What converts: models that are not deprecated and price text input tokens (output at 0 when no
+output price is given and nothing else is priced as output: embedding models); one
 prompt-length tier per model (`long_context`); dated prices (`StartDateConstraint`) as periods;
 daily windows (`TimeOfDateConstraint`) as `time_of_day` windows; the batch, flex and priority
 variants as tier multipliers when every class keeps one exact ratio to the standard price. Other
@@ -215,8 +216,15 @@ def _rates(
     prices: Mapping[str, Any],
 ) -> tuple[dict[str, str], dict[str, Any] | None, list[str]]:
     """A peer price set as catalog rates, its one prompt-length tier, and the keys not kept."""
-    if "input_mtok" not in prices or "output_mtok" not in prices:
-        raise _Unconvertible("no price for text input and output tokens")
+    if "input_mtok" not in prices:
+        raise _Unconvertible("no price for text input tokens")
+    extra: list[str] = []
+    if "output_mtok" not in prices:
+        if any("output" in key for key in prices):
+            raise _Unconvertible("output priced in units other than text tokens")
+        # An embedding model: it generates no tokens, and the peer charges none for output.
+        prices = {**prices, "output_mtok": "0"}
+        extra.append("no output price: output tokens cost 0")
     base: dict[str, str] = {}
     long: dict[str, str] = {}
     starts: set[int] = set()
@@ -235,7 +243,7 @@ def _rates(
             base[token_class] = str(value)
     if len(starts) > 1:
         raise _Unconvertible("token classes change price at different prompt lengths")
-    extra = sorted(f"{key} not priced" for key in prices if key not in CLASSES)
+    extra += sorted(f"{key} not priced" for key in prices if key not in CLASSES)
     if not starts:
         return base, None, extra
     long_context: dict[str, Any] = {"above_prompt_tokens": starts.pop()}
