@@ -490,8 +490,15 @@ def _suggest(name: str, known: list[str]) -> str:
 def _describe(label: str, document: dict[str, Any], error: ValidationError, text: str) -> str:
     """One line per problem: the line, the entry (with its model id), the field and the reason."""
     lines = [f"{label}: invalid price catalog"]
-    for problem in error.errors():
-        loc = tuple(part for part in problem["loc"] if not _is_union_tag(part))
+    problems = [
+        (tuple(part for part in problem["loc"] if not _is_union_tag(part)), problem)
+        for problem in error.errors()
+    ]
+    for loc, problem in problems:
+        if problem["type"] == "too_short" and any(
+            other[: len(loc)] == loc and other != loc for other, _ in problems
+        ):
+            continue  # a list made short only by its own bad items, already reported
         entry = _entry_name(document, loc)
         line = _line_of(text, loc)
         where = f"line {line}, " if line is not None else ""
