@@ -1,6 +1,8 @@
 """Hostile input to the read API: every refusal is a 4xx in the error shape, bounds and statuses
 are in the OpenAPI document, and estimates within the bounds cannot overflow."""
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -75,6 +77,26 @@ async def test_times_beyond_utc_are_422(
             continue
         response = await client.get(f"/users/{user_id}/{route}", params=params, headers=AUTH)
         assert "years 1 to 9999" in refused(response, 422, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        ["0001-01-01T00:00:00+01:00", "id"],
+        ["2025-01-01T00:00:00", "a\u0000b"],
+        ["2025-01-01T00:00:00", "\ud800"],
+    ],
+)
+async def test_crafted_cursors_are_422(
+    client: httpx.AsyncClient, sessions: Sessions, crafted: list[str]
+) -> None:
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 1)
+    cursor = base64.urlsafe_b64encode(json.dumps(crafted).encode()).decode().rstrip("=")
+    response = await client.get(
+        f"/users/{user_id}/transactions", params={"cursor": cursor}, headers=AUTH
+    )
+    refused(response, 422, "invalid_cursor")
 
 
 @pytest.mark.parametrize(

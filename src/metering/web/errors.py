@@ -47,11 +47,11 @@ class ErrorResponse(BaseModel):
 
 
 STATUS_DESCRIPTIONS = {
-    400: "The body is not JSON (`invalid_json`).",
+    400: "The body is malformed JSON (`invalid_json`).",
     401: "No valid bearer token (`unauthorized`).",
     404: "No such user or experiment (`not_found`).",
-    422: "The request is well-formed but refused: a parameter or field out of its bounds, an "
-    "unpriced model (`invalid_request` and pricing codes).",
+    422: "The request is refused: a parameter or field missing or out of its bounds, a body "
+    "that is not a JSON object, an unpriced model (`invalid_request` and pricing codes).",
     503: "The API token is not configured (`api_not_configured`), or the database is unavailable.",
 }
 
