@@ -11,9 +11,10 @@ Usage the ledger refuses to charge (a balance that would pass the INTEGER limit 
 `User.credits`, `balance_overflow`) is dead-lettered by the drain; `note_uncharged` logs each
 such event at error level and publishes an `uncharged_usage` alert per experiment and reason.
 
-The webhook body is the alert's JSON; header `Metering-Signature: t=<unix seconds>,v1=<hex>` where
-v1 is HMAC-SHA256 of `"<t>.<body>"` keyed by `METERING_ALERT_WEBHOOK_SECRET` (the scheme Stripe
-uses), and `Metering-Alert-Id` is the same for every retry of one alert.
+Balance alerts also go to the webhook (uncharged-usage alerts do not): the body is the alert's
+JSON; header `Metering-Signature: t=<unix seconds>,v1=<hex>` where v1 is HMAC-SHA256 of
+`"<t>.<body>"` keyed by `METERING_ALERT_WEBHOOK_SECRET` (the scheme Stripe uses), and
+`Metering-Alert-Id` is the same for every retry of one alert.
 """
 
 import hashlib
@@ -46,7 +47,7 @@ BALANCE_FLOOR = -100_000_000
 """Credits ($100,000 owed). At or below it the drain halts the user's experiments whatever
 `METERING_HALT_THRESHOLD` says, and a `balance_floor` alert goes out. It lies far above the
 INTEGER limit of `User.credits` (-2,147,483,648): over 2 billion credits of room for usage still
-in flight, so a halted experiment runs out of budget long before the ledger runs out of digits."""
+in flight, so the halt comes long before the ledger would have to refuse a debit."""
 
 log = get_logger(__name__)
 

@@ -299,3 +299,29 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
     assert await balance(sessions, edge_user) == INT32_MIN + 200 + 10_000 - 600
     assert await drain.list_dead_letters(redis, ops_prefix) == []
     assert await violations(sessions) == []
+
+
+async def test_the_floor_alert_is_rearmed_once_the_balance_is_above_it(
+    ops_prefix: str, redis: Redis, sessions: Sessions
+) -> None:
+    user_id, _ = await indebted_user(sessions, alerts.BALANCE_FLOOR - 1)
+    below = {user_id: alerts.BALANCE_FLOOR - 1}
+    first = await alerts.note_balances(redis, ops_prefix, below, THRESHOLD)
+    assert [(a.type, a.threshold) for a in first] == [
+        ("low_balance", THRESHOLD),
+        ("balance_floor", alerts.BALANCE_FLOOR),
+    ]
+    assert await alerts.note_balances(redis, ops_prefix, below, THRESHOLD) == []
+
+    async with session_scope(sessions) as session:
+        await ledger.post(
+            session,
+            ledger.Posting(user_id, TransactionType.ADJUSTMENT, 2, "settle", unique("settle")),
+        )
+    # Above the floor, still below the low-balance threshold: only the floor alert re-arms.
+    assert not await alerts.rearm_if_recovered(redis, sessions, ops_prefix, user_id, THRESHOLD)
+    assert not await redis.exists(keys.balance_floor_flag(ops_prefix, user_id))
+    assert await redis.exists(keys.low_balance_flag(ops_prefix, user_id))
+    again = await alerts.note_balances(redis, ops_prefix, below, THRESHOLD)
+    assert [a.type for a in again] == ["balance_floor"]
+    assert await violations(sessions) == []
