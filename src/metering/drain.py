@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -28,7 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
 
 from metering import halt, keys, ledger, metrics
-from metering.alerts import LowBalanceAlert, note_balances
+from metering.alerts import (
+    BALANCE_FLOOR,
+    LowBalanceAlert,
+    UnchargedUsage,
+    note_balances,
+    note_uncharged,
+)
 from metering.db import run_in_transaction, session_scope
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD
@@ -45,7 +52,8 @@ from metering.ingest import (
     to_charges,
 )
 from metering.models import MAACExperiment
-from metering.pricing import Catalog, get_catalog
+from metering.pricing import Catalog, charge_exact_credits, get_catalog
+from metering.pricing.money import whole_credits
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,6 +167,7 @@ class _Charged:
     unknown: list[Priced] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
+    uncharged: list[UnchargedUsage] = field(default_factory=list)
 
 
 async def ensure_group(redis: Redis, stream: str) -> None:
@@ -264,12 +273,15 @@ async def process_batch(
     report.low_balance = await note_balances(
         redis, config.prefix, outcome.balances, config.low_balance_credits
     )
+    await note_uncharged(redis, config.prefix, charged.uncharged)
 
     waiting = {e.entry_id for e in retrying}
     await _dead_letter_and_ack(
         redis, config.prefix, entries[0].stream if entries else "", dead, waiting, entries
     )
-    _observe(report, priced, outcome, dead, committed_ms, time.monotonic() - started)
+    _observe(
+        report, priced, outcome, dead, charged.uncharged, committed_ms, time.monotonic() - started
+    )
     return report
 
 
@@ -278,6 +290,7 @@ def _observe(
     priced: Sequence[Priced],
     outcome: ledger.UsageOutcome,
     dead: Sequence[DeadLetter],
+    uncharged: Sequence[UnchargedUsage],
     committed_ms: float,
     seconds: float,
 ) -> None:
@@ -311,7 +324,8 @@ def _observe(
         ages_s=ages,
         credits=credits,
         halted=len(report.halted),
-        alerts=len(report.low_balance),
+        alerts=report.low_balance,
+        uncharged=uncharged,
     )
 
 
@@ -326,11 +340,7 @@ async def _charge_isolating_failures(
         return await _charge(sessions, config, priced)
     except PermanentError as error:
         if len(priced) == 1:
-            only = priced[0].parsed
-            log.warning("event %s refused by the ledger: %s", only.event.event_id, error)
-            return _Charged(
-                dead=[DeadLetter(only.entry, error.code, error.message, only.event.event_id)]
-            )
+            return await _refused(sessions, config, priced[0], error)
     first, second = split(priced)
     results = [
         await _charge_isolating_failures(sessions, config, first),
@@ -346,7 +356,34 @@ async def _charge_isolating_failures(
         merged.outcome.owners.update(result.outcome.owners)
         merged.unknown += result.unknown
         merged.dead += result.dead
+        merged.uncharged += result.uncharged
     return merged
+
+
+async def _refused(
+    sessions: async_sessionmaker[AsyncSession],
+    config: DrainConfig,
+    item: Priced,
+    error: PermanentError,
+) -> _Charged:
+    """The one event the ledger refuses: dead-lettered, with what it would have cost (its
+    experiment's owner and apiKeyMode read again, the batch's transaction being rolled back)."""
+    event = item.parsed.event
+    async with session_scope(sessions) as session:
+        found = (await _experiments(session, [event.experiment_id])).get(event.experiment_id)
+    owner, credits = None, None
+    if found is not None:
+        owner, mode = found
+        with suppress(PermanentError):  # an apiKeyMode changed since: the cost stays unknown
+            exact = charge_exact_credits(
+                item.cost, mode, config.markup, config.platform_fee_usd_per_million
+            )
+            credits = whole_credits(exact)
+    uncharged = UnchargedUsage(
+        event.event_id, event.experiment_id, owner, error.code, credits, error.message
+    )
+    letter = DeadLetter(item.parsed.entry, error.code, error.message, event.event_id)
+    return _Charged(dead=[letter], uncharged=[uncharged])
 
 
 async def _charge(
@@ -434,8 +471,10 @@ async def _halt_low_balances(
     outcome: ledger.UsageOutcome,
 ) -> list[str]:
     """Raise the halt flag of every unfinished experiment of each user whose balance is at or
-    below the threshold: the batch's experiments, and any other the user has running."""
-    low = {u: b for u, b in outcome.balances.items() if b <= config.halt_threshold}
+    below the threshold, or the hard floor if that is higher: the batch's experiments, and any
+    other the user has running."""
+    threshold = max(config.halt_threshold, BALANCE_FLOOR)
+    low = {u: b for u, b in outcome.balances.items() if b <= threshold}
     if not low:
         return []
     async with session_scope(sessions) as session:
@@ -450,7 +489,7 @@ async def _halt_low_balances(
     for user_id, balance in sorted(low.items()):
         experiments = {e for e, owner in outcome.owners.items() if owner == user_id}
         experiments |= {e for e, owner in unfinished if owner == user_id}
-        reason = f"balance {balance} credits is at or below {config.halt_threshold}"
+        reason = f"balance {balance} credits is at or below {threshold}"
         halted += await halt.raise_halt(redis, config.prefix, user_id, experiments, reason)
     return halted
 

@@ -47,6 +47,11 @@ def low_balance_flag(prefix: str, user_id: str) -> str:
     return f"{prefix}:low-balance:{user_id}"
 
 
+def balance_floor_flag(prefix: str, user_id: str) -> str:
+    """Set while a user is at or below the hard balance floor and has been alerted about it."""
+    return f"{prefix}:balance-floor:{user_id}"
+
+
 def alerts_channel(prefix: str) -> str:
     """The pub/sub channel alerts are published on (one JSON message per alert)."""
     return f"{prefix}:alerts"

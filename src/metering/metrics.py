@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
+from metering.alerts import BALANCE_FLOOR_CROSSED, LowBalanceAlert, UnchargedUsage
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The text exposition format Prometheus scrapes."""
 
@@ -70,6 +72,21 @@ HALT_FLAGS = Counter(
 LOW_BALANCE_ALERTS = Counter(
     "metering_low_balance_alerts_total", "Users that crossed the low-balance threshold."
 )
+BALANCE_FLOOR_ALERTS = Counter(
+    "metering_balance_floor_alerts_total",
+    "Users whose balance crossed the hard floor (alerts.BALANCE_FLOOR); their experiments halt.",
+)
+UNCHARGED_EVENTS = Counter(
+    "metering_uncharged_events_total",
+    "Priced usage events the ledger refused to charge (dead-lettered), by reason, e.g. "
+    "balance_overflow.",
+    ["reason"],
+)
+UNCHARGED_CREDITS = Counter(
+    "metering_uncharged_credits_total",
+    "Whole credits those events would have cost (each rounded up alone), by reason.",
+    ["reason"],
+)
 
 
 def observe_batch(
@@ -81,10 +98,12 @@ def observe_batch(
     ages_s: Iterable[float],
     credits: Mapping[tuple[str, str], int],
     halted: int,
-    alerts: int,
+    alerts: Sequence[LowBalanceAlert],
+    uncharged: Sequence[UnchargedUsage],
 ) -> None:
     """Count one committed batch: entries by outcome (`received` is the batch size), dead
-    letters by reason, event ages at commit, credits by (provider, model), new halts and alerts."""
+    letters by reason, event ages at commit, credits by (provider, model), new halts, new
+    low-balance and floor alerts, and the events and credits left uncharged by reason."""
     BATCH_SIZE.observe(outcomes.get("received", 0))
     BATCH_SECONDS.observe(seconds)
     for outcome, count in outcomes.items():
@@ -101,8 +120,15 @@ def observe_batch(
             CREDITS_CHARGED.labels(provider, model).inc(amount)
     if halted:
         HALT_FLAGS.inc(halted)
-    if alerts:
-        LOW_BALANCE_ALERTS.inc(alerts)
+    for alert in alerts:
+        counter = (
+            BALANCE_FLOOR_ALERTS if alert.type == BALANCE_FLOOR_CROSSED else LOW_BALANCE_ALERTS
+        )
+        counter.inc()
+    for item in uncharged:
+        UNCHARGED_EVENTS.labels(item.reason).inc()
+        if item.credits:
+            UNCHARGED_CREDITS.labels(item.reason).inc(item.credits)
 
 
 def observe_stripe_event(event_type: str, outcome: str) -> None:

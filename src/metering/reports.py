@@ -189,10 +189,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, row_id = json.loads(raw)
-        if not isinstance(row_id, str) or not isinstance(created_at, str):
+        if not isinstance(row_id, str) or not isinstance(created_at, str) or "\x00" in row_id:
             raise ValueError("wrong shape")
+        row_id.encode()  # a lone surrogate (a JSON escape) is no text PostgreSQL can hold
         return to_utc(datetime.fromisoformat(created_at)), row_id
-    except (ValueError, TypeError, binascii.Error) as error:
+    except (ValueError, TypeError, OverflowError, binascii.Error) as error:
         raise InvalidQuery("cursor is not one this API returned", code="invalid_cursor") from error
 
 

@@ -5,16 +5,22 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from metering import estimates, reports
 from metering.db import session_scope
 from metering.pricing import EstimateItem, get_catalog
+from metering.pricing.estimate import MAX_CALLS
+from metering.web import errors
 from metering.web.auth import require_api_token
 from metering.web.deps import State
+from metering.web.params import ExperimentId, in_utc
 
 router = APIRouter(
-    prefix="/experiments", tags=["experiments"], dependencies=[Depends(require_api_token)]
+    prefix="/experiments",
+    tags=["experiments"],
+    dependencies=[Depends(require_api_token)],
+    responses=errors.responses(401, 404, 422, 503),
 )
 
 
@@ -39,27 +45,35 @@ class ExperimentUsageResponse(BaseModel):
 
 
 class EstimateRequest(BaseModel):
-    """Expected calls per provider and model, with the tokens of each call.
+    """Expected calls per provider and model, with the tokens of each call: at most 1,000 items
+    and 1,000,000,000 calls in all.
 
     `at` picks the prices in force then (default: now)."""
 
     model_config = ConfigDict(extra="forbid")
 
     items: Annotated[list[EstimateItem], Field(min_length=1, max_length=1000)]
-    at: AwareDatetime | None = None
+    at: Annotated[AwareDatetime, AfterValidator(in_utc)] | None = None
+
+    @model_validator(mode="after")
+    def _bounded_calls(self) -> "EstimateRequest":
+        calls = sum(item.calls for item in self.items)
+        if calls > MAX_CALLS:
+            raise ValueError(f"{calls:,} calls in all; an estimate covers at most {MAX_CALLS:,}")
+        return self
 
 
 @router.get("/{experiment_id}/usage")
-async def get_usage(experiment_id: str, state: State) -> ExperimentUsageResponse:
+async def get_usage(experiment_id: ExperimentId, state: State) -> ExperimentUsageResponse:
     """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
     async with session_scope(state.sessions) as session:
         usage = await reports.experiment_usage(session, experiment_id)
     return ExperimentUsageResponse.model_validate(usage, from_attributes=True)
 
 
-@router.post("/{experiment_id}/estimate")
+@router.post("/{experiment_id}/estimate", responses=errors.responses(400))
 async def post_estimate(
-    experiment_id: str, body: EstimateRequest, state: State
+    experiment_id: ExperimentId, body: EstimateRequest, state: State
 ) -> estimates.Estimate:
     """Price the expected calls under the experiment's apiKeyMode, markup and platform fee,
     store `estimatedCredits`, and say whether the owner's balance covers it.

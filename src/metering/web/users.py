@@ -10,10 +10,17 @@ from pydantic import BaseModel, Field
 from metering import reports
 from metering.db import session_scope
 from metering.models import TransactionType
+from metering.web import errors
 from metering.web.auth import require_api_token
 from metering.web.deps import State
+from metering.web.params import UserKey, UtcDatetime
 
-router = APIRouter(prefix="/users", tags=["users"], dependencies=[Depends(require_api_token)])
+router = APIRouter(
+    prefix="/users",
+    tags=["users"],
+    dependencies=[Depends(require_api_token)],
+    responses=errors.responses(401, 404, 422, 503),
+)
 
 
 # The fields of `reports.UserBalance` under the name the OpenAPI schema has always given them.
@@ -24,8 +31,12 @@ class BalanceResponse(reports.UserBalance):
 
 
 Types = Annotated[list[TransactionType] | None, Query(description="Repeat to allow several.")]
-Since = Annotated[datetime | None, Query(description="Inclusive; RFC 3339, UTC if no offset.")]
-Until = Annotated[datetime | None, Query(description="Exclusive; RFC 3339, UTC if no offset.")]
+Since = Annotated[
+    UtcDatetime | None, Query(description="Inclusive; RFC 3339, UTC if no offset, years 1-9999.")
+]
+Until = Annotated[
+    UtcDatetime | None, Query(description="Exclusive; RFC 3339, UTC if no offset, years 1-9999.")
+]
 
 
 # Its own model: the API names the user `user_id` where `reports.UsageReport` has `scope_id`
@@ -41,7 +52,7 @@ class UsageReportResponse(BaseModel):
 
 
 @router.get("/{user_id}/balance")
-async def get_balance(user_id: str, state: State) -> BalanceResponse:
+async def get_balance(user_id: UserKey, state: State) -> BalanceResponse:
     """The user's balance, by id or email. 404 for an unknown user."""
     async with session_scope(state.sessions) as session:
         balance = await reports.user_balance(session, user_id)
@@ -50,7 +61,7 @@ async def get_balance(user_id: str, state: State) -> BalanceResponse:
 
 @router.get("/{user_id}/transactions")
 async def list_transactions(
-    user_id: str,
+    user_id: UserKey,
     state: State,
     type: Types = None,
     since: Since = None,
@@ -73,7 +84,7 @@ async def list_transactions(
 
 @router.get("/{user_id}/usage")
 async def get_usage(
-    user_id: str, state: State, by: reports.GroupBy = reports.GroupBy.MODEL, since: Since = None
+    user_id: UserKey, state: State, by: reports.GroupBy = reports.GroupBy.MODEL, since: Since = None
 ) -> UsageReportResponse:
     """The user's usage grouped by provider, model or day (UTC, by when it was charged)."""
     async with session_scope(state.sessions) as session:
