@@ -1,9 +1,9 @@
 """Is this Checkout session ours, and does it match what we sold? And the purchase of a payment.
 
-A session is credited only when metering created it: `checkout.create_session` records every
-session (`StripeCheckoutSession`) before its url is handed out, so a session that can be paid at
-all is recorded first. The credits, the buyer and the price come from the record, never from the
-session's metadata, and the session must agree with the record:
+A session is credited only when metering created it: `POST /checkout/sessions` records every
+session it creates (`record_order`, table `StripeCheckoutSession`) before it hands out the url, so
+a session that can be paid at all is recorded first. The credits, the buyer and the price come
+from the record, never from the session's metadata, and the session must agree with the record:
 - `mode` is `payment`; metadata `userId` and `credits` and `client_reference_id`, where present,
   name the recorded buyer and credits;
 - `currency` is the recorded currency, and `amount_subtotal` the recorded amount, which must be
