@@ -16,7 +16,7 @@ from metering.models import Base
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
 
 PRISMA_SQL = Path(__file__).parent / "prisma" / "billing_schema.sql"
-ALL_TABLES = (*PLATFORM_TABLES, "UnbilledUsage", "StripeEvent")
+ALL_TABLES = (*PLATFORM_TABLES, "UnbilledUsage", "StripeEvent", "StripeCheckoutSession")
 
 
 def _differences(connection: Connection) -> list[Any]:

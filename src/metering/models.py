@@ -200,10 +200,15 @@ class StripeEvent(Base):
 
     Keyed by Stripe's event id, so a repeated delivery stores nothing new. `processedAt` is set
     once its handler has committed; `attempts` and `lastError` show failures to operators.
+    `paymentIntent` is the payment the event's object belongs to (copied from the payload when
+    stored), so the events of one payment are found without reading every payload.
     """
 
     __tablename__ = "StripeEvent"
-    __table_args__ = (Index("StripeEvent_processedAt_receivedAt_idx", "processedAt", "receivedAt"),)
+    __table_args__ = (
+        Index("StripeEvent_processedAt_receivedAt_idx", "processedAt", "receivedAt"),
+        Index("StripeEvent_paymentIntent_idx", "paymentIntent"),
+    )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     type: Mapped[str] = mapped_column("type", Text, nullable=False)
@@ -216,3 +221,23 @@ class StripeEvent(Base):
     outcome: Mapped[str | None] = mapped_column("outcome", Text)
     attempts: Mapped[int] = mapped_column("attempts", Integer, nullable=False, server_default="0")
     last_error: Mapped[str | None] = mapped_column("lastError", Text)
+    payment_intent: Mapped[str | None] = mapped_column("paymentIntent", Text)
+
+
+class StripeCheckoutSession(Base):
+    """Ours. Every Checkout session metering created, recorded before its url is handed out.
+
+    Only a session recorded here is credited, and only with what was recorded: `credits` for
+    `amountCents` (in the smallest unit of `currency`, US cents) to `userId`. No foreign key on
+    `userId`: a session of a deleted user must still be recognised as ours (and then fail loudly).
+    """
+
+    __tablename__ = "StripeCheckoutSession"
+    __table_args__ = (Index("StripeCheckoutSession_userId_idx", "userId"),)
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column("userId", Text, nullable=False)
+    credits: Mapped[int] = mapped_column("credits", Integer, nullable=False)
+    amount_cents: Mapped[int] = mapped_column("amountCents", Integer, nullable=False)
+    currency: Mapped[str] = mapped_column("currency", Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()

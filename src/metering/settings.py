@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     """Beat re-enqueues Stripe events still unprocessed this long after they arrived."""
     stripe_lock_timeout_ms: int = Field(default=5_000, ge=100)
     """A Stripe handler waits this long for a row lock, then fails and is retried."""
+    stripe_awaiting_purchase_bound_s: int = Field(default=3_600, ge=1)
+    """A refund or dispute awaiting its purchase longer than this is flagged overdue."""
 
     metering_api_token: SecretStr = SecretStr("")
     flower_basic_auth: SecretStr = SecretStr("")

@@ -30,6 +30,7 @@ from tests.stripe.deliveries import (
     dispute,
     event,
     new_id,
+    record,
     sign,
 )
 from tests.support import eventually
@@ -107,7 +108,8 @@ async def test_replays_disorder_and_bad_signatures_end_in_the_exact_balances(
     async with session_scope(sessions) as session:
         users = [await create_user(session) for _ in range(3)]
     for user_id in users:
-        checkout = checkout_session(user_id, CREDITS)
+        async with session_scope(sessions) as session:
+            checkout = await record(session, checkout_session(user_id, CREDITS))
         payment = checkout["payment_intent"]
         dispute_id = new_id("dp")
         early = [
@@ -132,7 +134,9 @@ async def test_replays_disorder_and_bad_signatures_end_in_the_exact_balances(
         "future": _signed(forged_purchase, timestamp=now + TOLERANCE_S + 5),
         "tampered": _tampered(event("checkout.session.completed", checkout_session(users[1], 10))),
     }
-    skewed = event("checkout.session.completed", checkout_session(users[2], CREDITS))
+    async with session_scope(sessions) as session:
+        skewed_checkout = await record(session, checkout_session(users[2], CREDITS))
+    skewed = event("checkout.session.completed", skewed_checkout)
     expected[users[2]] += CREDITS
     genuine.append(skewed)
 
@@ -164,7 +168,8 @@ async def test_a_handler_killed_midway_is_run_again_and_buys_once(
 ) -> None:
     async with session_scope(sessions) as session:
         user_id = await create_user(session)
-    completed = event("checkout.session.completed", checkout_session(user_id, CREDITS))
+        checkout = await record(session, checkout_session(user_id, CREDITS))
+    completed = event("checkout.session.completed", checkout)
 
     async with row_locked(engine, user_id):
         response = await post(client, body_of(completed), sign(body_of(completed)))

@@ -25,7 +25,7 @@ from tests.factories import create_experiment, create_user, unique
 from tests.ops.conftest import send
 from tests.ops.test_metrics import scrape, value
 from tests.pipeline.helpers import Sessions, balance, event, violations
-from tests.stripe.deliveries import checkout_session
+from tests.stripe.deliveries import checkout_session, record
 from tests.stripe.deliveries import event as stripe_event
 from tests.support import eventually
 from tests.workers import running_worker
@@ -135,6 +135,7 @@ async def test_one_alert_per_crossing_and_again_after_a_purchase(
 
             purchase = stripe_event("checkout.session.completed", checkout_session(user_id, 5_000))
             async with session_scope(sessions) as session:
+                await record(session, purchase["data"]["object"])
                 await store_event(
                     session,
                     ReceivedEvent(purchase["id"], purchase["type"], False, purchase),

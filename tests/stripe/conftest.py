@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.db import session_scope
 from metering.reconcile import find_violations
+from tests.factories import create_user
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +15,10 @@ async def reconciled(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterato
     yield
     async with session_scope(sessions) as session:
         assert await find_violations(session) == []
+
+
+@pytest.fixture
+async def user_id(sessions: async_sessionmaker[AsyncSession]) -> str:
+    """A new user without credits."""
+    async with session_scope(sessions) as session:
+        return await create_user(session)

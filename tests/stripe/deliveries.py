@@ -8,6 +8,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.stripe.purchases import Order, record_order
+
 FIXTURES = Path(__file__).parent / "fixtures"
 """Stripe API reference examples of each object, as Stripe shapes them."""
 WEBHOOK_SECRET = "whsec_testsecret0123456789abcdef"
@@ -51,11 +55,31 @@ def checkout_session(
         amount_total=credits // 10,
         amount_subtotal=credits // 10,
         currency="usd",
+        total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        currency_conversion=None,
+        shipping_cost=None,
     )
     return session
 
 
-def charge(payment_intent: str, amount: int, amount_refunded: int) -> dict[str, Any]:
+async def record(session: AsyncSession, checkout: dict[str, Any]) -> dict[str, Any]:
+    """Record `checkout` as a session metering created (as `POST /checkout/sessions` does)."""
+    metadata = checkout["metadata"]
+    credits = int(metadata["credits"])
+    await record_order(
+        session, Order(checkout["id"], metadata["userId"], credits, credits // 10, "usd")
+    )
+    return checkout
+
+
+def charge(
+    payment_intent: str,
+    amount: int,
+    amount_refunded: int,
+    listed: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A charge as `charge.refunded` carries it. Without `listed`, as API versions since
+    2022-11-15 send it (no `refunds`); with it, as older versions do (the list of its refunds)."""
     obj = fixture("charge")
     obj.update(
         id=f"ch_{payment_intent}",
@@ -66,9 +90,29 @@ def charge(payment_intent: str, amount: int, amount_refunded: int) -> dict[str, 
         amount_refunded=amount_refunded,
         refunded=amount_refunded == amount,
     )
-    refund = fixture("refund")
-    refund.update(id=new_id("re"), charge=obj["id"], payment_intent=payment_intent)
-    obj["refunds"] = {**obj["refunds"], "data": [refund]}
+    if listed is None:
+        del obj["refunds"]
+    else:
+        obj["refunds"] = {
+            **obj["refunds"],
+            "data": listed,
+            "url": f"/v1/charges/{obj['id']}/refunds",
+        }
+    return obj
+
+
+def refund(
+    payment_intent: str, amount: int, status: str = "succeeded", refund_id: str | None = None
+) -> dict[str, Any]:
+    """A refund object, as `charge.refund.updated` and `refund.*` events carry it."""
+    obj = fixture("refund")
+    obj.update(
+        id=refund_id or new_id("re"),
+        charge=f"ch_{payment_intent}",
+        payment_intent=payment_intent,
+        amount=amount,
+        status=status,
+    )
     return obj
 
 

@@ -16,7 +16,6 @@ from metering.stripe import handlers, processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.processing import EventFailed, EventRetrying, Processed
 from metering.stripe.webhooks import ReceivedEvent, store_event
-from tests.factories import create_user
 from tests.stripe import deliveries
 from tests.stripe.deliveries import charge, checkout_session, dispute, event
 
@@ -39,6 +38,12 @@ async def process(sessions: async_sessionmaker[AsyncSession], event_id: str) -> 
     return processed
 
 
+async def ours(sessions: async_sessionmaker[AsyncSession], checkout: dict[str, Any]) -> Any:
+    """`checkout`, recorded as a session metering created."""
+    async with session_scope(sessions) as session:
+        return await deliveries.record(session, checkout)
+
+
 async def balance(sessions: async_sessionmaker[AsyncSession], user_id: str) -> int:
     async with session_scope(sessions) as session:
         user = await session.get(User, user_id)
@@ -53,16 +58,10 @@ async def stored(sessions: async_sessionmaker[AsyncSession], event_id: str) -> S
         return row
 
 
-@pytest.fixture
-async def user_id(sessions: async_sessionmaker[AsyncSession]) -> str:
-    async with session_scope(sessions) as session:
-        return await create_user(session)
-
-
 async def test_a_paid_checkout_buys_its_credits_once(
     sessions: async_sessionmaker[AsyncSession], user_id: str
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     completed = event("checkout.session.completed", checkout)
 
     first = await deliver(sessions, completed)
@@ -92,7 +91,7 @@ async def test_a_paid_checkout_buys_its_credits_once(
 async def test_an_unpaid_completion_waits_for_the_delayed_payment(
     sessions: async_sessionmaker[AsyncSession], user_id: str
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS, paid=False)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS, paid=False))
 
     unpaid = await deliver(sessions, event("checkout.session.completed", checkout))
     failed = await deliver(sessions, event("checkout.session.async_payment_failed", checkout))
@@ -127,7 +126,7 @@ REFUNDS = [[300], [300, 300], [300, 1000], [1000, 300], [300, 700, 1000, 300, 70
 async def test_refunds_claw_back_pro_rata_never_twice(
     sessions: async_sessionmaker[AsyncSession], user_id: str, refunded: list[int]
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     await deliver(sessions, event("checkout.session.completed", checkout))
 
     for cents in refunded:
@@ -142,7 +141,7 @@ async def test_refunds_claw_back_pro_rata_never_twice(
 async def test_refunds_and_disputes_before_their_purchase_converge(
     sessions: async_sessionmaker[AsyncSession], user_id: str, order: tuple[str, ...]
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     payment = checkout["payment_intent"]
     events = {
         "purchase": event("checkout.session.completed", checkout),
@@ -176,7 +175,7 @@ async def test_refunds_and_disputes_before_their_purchase_converge(
 async def test_disputes_claw_back_and_give_back_once(
     sessions: async_sessionmaker[AsyncSession], user_id: str, steps: list[str], expected: int
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     await deliver(sessions, event("checkout.session.completed", checkout))
     dispute_id = deliveries.new_id("dp")
 
@@ -195,7 +194,8 @@ async def test_a_purchase_lifts_the_buyers_halt_flags_after_commit(
     sessions: async_sessionmaker[AsyncSession], user_id: str, redis: Redis, redis_prefix: str
 ) -> None:
     await halt.raise_halt(redis, redis_prefix, user_id, ["exp-1", "exp-2"], "balance")
-    completed = event("checkout.session.completed", checkout_session(user_id, CREDITS))
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
+    completed = event("checkout.session.completed", checkout)
 
     processed = await deliver(sessions, completed)
     assert await halt.is_halted(redis, redis_prefix, "exp-1")
@@ -225,7 +225,7 @@ def crashing_refunds() -> Iterator[list[int]]:
 async def test_a_crashed_handler_is_recorded_and_its_retry_succeeds(
     sessions: async_sessionmaker[AsyncSession], user_id: str, crashing_refunds: list[int]
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     await deliver(sessions, event("checkout.session.completed", checkout))
     refund = event("charge.refunded", charge(checkout["payment_intent"], CENTS, CENTS))
 
@@ -246,7 +246,8 @@ async def test_a_crashed_handler_is_recorded_and_its_retry_succeeds(
 async def test_a_permanent_failure_is_failed_at_once_and_not_requeued(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    completed = event("checkout.session.completed", checkout_session("user-missing", CREDITS))
+    checkout = await ours(sessions, checkout_session("user-missing", CREDITS))
+    completed = event("checkout.session.completed", checkout)
 
     with pytest.raises(EventFailed, match="unknown_user"):
         await deliver(sessions, completed)
@@ -260,7 +261,7 @@ async def test_a_permanent_failure_is_failed_at_once_and_not_requeued(
 async def test_an_event_failing_every_attempt_ends_failed(
     sessions: async_sessionmaker[AsyncSession], user_id: str, crashing_refunds: list[int]
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     await deliver(sessions, event("checkout.session.completed", checkout))
     refund = event("charge.refunded", charge(checkout["payment_intent"], CENTS, CENTS))
     async with session_scope(sessions) as session:
@@ -279,7 +280,7 @@ async def test_an_event_failing_every_attempt_ends_failed(
 async def test_beat_requeues_lost_and_woken_events_only(
     sessions: async_sessionmaker[AsyncSession], user_id: str
 ) -> None:
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     payment = checkout["payment_intent"]
     never_handled = event("charge.refunded", charge(payment, CENTS, 100))
     awaiting = event("charge.dispute.created", dispute(payment, 100))

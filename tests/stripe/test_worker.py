@@ -16,7 +16,6 @@ from metering.db import session_scope
 from metering.models import CreditTransaction, StripeEvent, TransactionType, User
 from metering.settings import Settings
 from metering.web import create_app
-from tests.factories import create_user
 from tests.stripe.deliveries import (
     WEBHOOK_SECRET,
     body_of,
@@ -25,6 +24,7 @@ from tests.stripe.deliveries import (
     dispute,
     event,
     new_id,
+    record,
     sign,
 )
 from tests.web.conftest import Queue, serve
@@ -60,12 +60,6 @@ async def client(settings: Settings, worker: Worker) -> AsyncIterator[httpx.Asyn
         yield client
 
 
-@pytest.fixture
-async def user_id(sessions: async_sessionmaker[AsyncSession]) -> str:
-    async with session_scope(sessions) as session:
-        return await create_user(session)
-
-
 async def deliver(client: httpx.AsyncClient, evt: dict[str, Any]) -> httpx.Response:
     body = body_of(evt)
     response = await client.post(
@@ -98,6 +92,11 @@ def processed(sessions: async_sessionmaker[AsyncSession], *events: dict[str, Any
     return check
 
 
+async def ours(sessions: async_sessionmaker[AsyncSession], checkout: dict[str, Any]) -> Any:
+    async with session_scope(sessions) as session:
+        return await record(session, checkout)
+
+
 async def balance(sessions: async_sessionmaker[AsyncSession], user_id: str) -> int:
     async with session_scope(sessions) as session:
         user = await session.get(User, user_id)
@@ -114,7 +113,7 @@ async def test_purchase_duplicates_and_early_refund_and_dispute_end_the_same(
     user_id: str,
 ) -> None:
     await halt.raise_halt(redis, redis_prefix, user_id, ["exp-halted"], "balance")
-    checkout = checkout_session(user_id, CREDITS)
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
     payment = checkout["payment_intent"]
     dispute_id = new_id("dp")
     refund = event("charge.refunded", charge(payment, CENTS, 300))
@@ -154,7 +153,9 @@ async def test_a_handler_that_fails_is_retried_with_its_error_visible(
     sessions: async_sessionmaker[AsyncSession],
     user_id: str,
 ) -> None:
-    completed = event("checkout.session.completed", checkout_session(user_id, CREDITS))
+    completed = event(
+        "checkout.session.completed", await ours(sessions, checkout_session(user_id, CREDITS))
+    )
 
     async with engine.connect() as blocker:
         # Hold the buyer's row: the handler's ledger write times out on its lock and fails.
@@ -187,7 +188,9 @@ async def test_an_event_whose_enqueue_failed_is_processed_when_beat_requeues(
     sessions: async_sessionmaker[AsyncSession],
     user_id: str,
 ) -> None:
-    completed = event("checkout.session.completed", checkout_session(user_id, CREDITS))
+    completed = event(
+        "checkout.session.completed", await ours(sessions, checkout_session(user_id, CREDITS))
+    )
     async for client in serve(create_app(settings, enqueue=Queue(broken=True))):
         response = await deliver(client, completed)
     assert response.json()["enqueued"] is False

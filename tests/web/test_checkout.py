@@ -3,15 +3,18 @@
 import io
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.db import session_scope
 from metering.logs import configure_logging
+from metering.models import StripeCheckoutSession
 from metering.settings import Settings
 from metering.web import create_app
 from tests.factories import create_user
@@ -42,8 +45,19 @@ async def user_id(sessions: async_sessionmaker[AsyncSession]) -> str:
         return await create_user(session)
 
 
+async def recorded(sessions: async_sessionmaker[AsyncSession], user_id: str) -> list[Any]:
+    async with session_scope(sessions) as session:
+        rows = await session.scalars(
+            select(StripeCheckoutSession).where(StripeCheckoutSession.user_id == user_id)
+        )
+        return [(r.id, r.credits, r.amount_cents, r.currency) for r in rows]
+
+
 async def test_a_session_sells_credits_in_payment_mode(
-    client: httpx.AsyncClient, stripe_api: StandIn, user_id: str
+    client: httpx.AsyncClient,
+    stripe_api: StandIn,
+    user_id: str,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     response = await client.post(
         "/checkout/sessions", json={"user_id": user_id, "credits": 1_000}, headers=AUTH
@@ -68,6 +82,7 @@ async def test_a_session_sells_credits_in_payment_mode(
     assert form["success_url"].startswith(f"{FRONTEND_URL}/")
     assert "{CHECKOUT_SESSION_ID}" in form["success_url"]
     assert form["cancel_url"].startswith(f"{FRONTEND_URL}/")
+    assert await recorded(sessions, user_id) == [(body["id"], 1_000, 100, "usd")]
 
 
 async def test_a_pack_from_settings_sets_the_credits(
@@ -144,6 +159,7 @@ async def test_stripe_errors_are_502_and_secrets_stay_out_of_errors_and_logs(
     stripe_api: StandIn,
     user_id: str,
     service_logs: io.StringIO,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     stripe_api.error = (
         401,
@@ -171,6 +187,7 @@ async def test_stripe_errors_are_502_and_secrets_stay_out_of_errors_and_logs(
     everything = refused.text + unauthorized.text + service_logs.getvalue()
     for secret in (SECRET_KEY, API_TOKEN):
         assert secret not in everything
+    assert await recorded(sessions, user_id) == []
 
 
 async def test_stripe_unreachable_is_503(

@@ -57,6 +57,7 @@ async def test_a_signed_delivery_is_stored_raw_and_enqueued(
         row = await session.get(StripeEvent, evt["id"])
     assert row is not None
     assert (row.type, row.livemode, row.payload) == ("charge.refunded", False, evt)
+    assert row.payment_intent == evt["data"]["object"]["payment_intent"]  # type: ignore[index]
     assert (row.processed_at, row.attempts) == (None, 0)
 
 

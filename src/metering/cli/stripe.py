@@ -23,18 +23,31 @@ JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 @stripe_app.command("events")
 def events(
-    failed: bool = typer.Option(False, "--failed", help="Only events failed or being retried."),
+    failed: bool = typer.Option(
+        False,
+        "--failed",
+        help="Only events to look at: failed, retrying, quarantined, awaiting their purchase.",
+    ),
     limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first."),
     as_json: bool = JSON,
 ) -> None:
-    """List stored Stripe events: processed or not, outcome, attempts, last error."""
+    """List stored Stripe events: processed or not, outcome, attempts, last error or reason.
+
+    An event awaiting its purchase longer than STRIPE_AWAITING_PURCHASE_BOUND_S is OVERDUE.
+    """
 
     async def main() -> list[EventRow]:
-        engine = create_engine(get_settings().database_url, pool_size=1)
+        settings = get_settings()
+        engine = create_engine(settings.database_url, pool_size=1)
         try:
             await check_database(engine)
             async with session_scope(make_sessionmaker(engine)) as session:
-                return await processing.list_events(session, failed_only=failed, limit=limit)
+                return await processing.list_events(
+                    session,
+                    failed_only=failed,
+                    awaiting_bound_s=settings.stripe_awaiting_purchase_bound_s,
+                    limit=limit,
+                )
         finally:
             await engine.dispose()
 
@@ -42,18 +55,24 @@ def events(
     if as_json:
         print_json([asdict(row) for row in rows])
         return
-    table = Table("event", "type", "received", "processed", "outcome", "attempts", "last error")
+    table = Table("event", "type", "received", "processed", "outcome", "attempts", "reason")
     for row in rows:
         table.add_row(
             row.id,
             row.type,
             f"{row.received_at:%Y-%m-%d %H:%M:%S}",
             f"{row.processed_at:%Y-%m-%d %H:%M:%S}" if row.processed_at else "-",
-            row.outcome or "-",
+            (row.outcome or "-") + (" OVERDUE" if row.overdue else ""),
             str(row.attempts),
-            escape(row.last_error or ""),
+            escape(_reason(row)),
         )
     console.print(table)
+
+
+def _reason(row: EventRow) -> str:
+    if row.outcome == "awaiting_purchase" and row.processed_at is None:
+        return f"waiting for the purchase of payment {row.payment_intent}"
+    return row.last_error or ""
 
 
 @stripe_app.command("replay")

@@ -2,8 +2,9 @@
 
 Price: 1 credit = $0.001, so 10 credits = 1 cent and 1,000 credits = $1.00. A purchase is a whole
 number of cents (credits a multiple of 10), at least `MIN_CHARGE_CENTS` (Stripe refuses smaller USD
-charges) and at most `MAX_CREDITS`. The session's metadata carries the user id and the credits:
-the purchase handler credits exactly what the session says, never what a client claims later.
+charges) and at most `MAX_CREDITS`. The session's metadata carries the user id and the credits;
+the purchase handler credits what metering recorded when it created the session (`purchases`),
+never what a session or a client claims later.
 """
 
 from dataclasses import dataclass

@@ -3,11 +3,12 @@
 An event is handled under a row lock on its `StripeEvent` row and marked processed in the same
 transaction as its ledger rows, so a second delivery, a retry or a replay finds it processed and
 moves nothing. A failure is recorded on the row (`attempts`, `lastError`, outcome `retrying`, or
-`failed` once permanent or after `MAX_ATTEMPTS`), for operators to see and replay.
+`failed` once permanent or after `MAX_ATTEMPTS`, or `quarantined` for a purchase that is not
+provably ours), for operators to see and replay.
 """
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,11 +25,20 @@ from metering.metrics import observe_stripe_event
 from metering.models import StripeEvent
 from metering.stripe import handlers
 from metering.stripe.handlers import Outcome
+from metering.stripe.purchases import Quarantined
+from metering.stripe.webhooks import payment_intent_of
 
 MAX_ATTEMPTS = 10
 """After this many failed attempts an event is `failed`: no longer retried, only replayed."""
 MAX_ERROR_CHARS = 1000
 RETRIED_OUTCOMES = (Outcome.RETRYING.value,)
+ATTENTION_OUTCOMES = (
+    Outcome.FAILED.value,
+    Outcome.RETRYING.value,
+    Outcome.QUARANTINED.value,
+    Outcome.AWAITING_PURCHASE.value,
+)
+"""Unprocessed events an operator may have to look at (`metering stripe events --failed`)."""
 
 
 class UnknownEvent(PermanentError):
@@ -39,6 +49,12 @@ class EventFailed(PermanentError):
     """Handling failed for good (a permanent error, or attempts used up); replay after a fix."""
 
     code = "stripe_event_failed"
+
+
+class EventQuarantined(EventFailed):
+    """The event may not move credits until an operator has looked at it; replay after a fix."""
+
+    code = "stripe_event_quarantined"
 
 
 class EventRetrying(TransientError):
@@ -71,7 +87,8 @@ class Processed:
 
 @dataclass(frozen=True)
 class EventRow:
-    """A stored event as operators see it."""
+    """A stored event as operators see it. `overdue`: awaiting its purchase for longer than the
+    configured bound (the purchase was lost, quarantined, or is not ours)."""
 
     id: str
     type: str
@@ -81,6 +98,8 @@ class EventRow:
     outcome: str | None
     attempts: int
     last_error: str | None
+    payment_intent: str | None
+    overdue: bool
 
 
 async def process_event(
@@ -97,7 +116,7 @@ async def process_event(
             raise UnknownEvent(f"no stored Stripe event {event_id}")
         if row.processed_at is not None:
             outcome = Outcome(row.outcome or Outcome.IGNORED)
-            handled = handlers.follow_up(row.type, row.payload, outcome)
+            handled = await handlers.follow_up(session, row.type, row.payload, outcome)
             already = True
         else:
             handled = await handlers.handler_for(row.type)(session, row.payload)
@@ -110,6 +129,8 @@ async def process_event(
                     attempts=StripeEvent.attempts + 1,
                     outcome=handled.outcome.value,
                     processed_at=func.now() if done else None,
+                    # Events stored before the column existed (or by an older web) get it here.
+                    payment_intent=payment_intent_of(row.payload),
                 )
             )
         wake: list[str] = []
@@ -125,6 +146,8 @@ async def process_event(
         event_type, outcome = await _record_failure(sessions, event_id, error)
         observe_stripe_event(event_type, outcome.value)
         message = f"Stripe event {event_id}: {describe(error)}"
+        if outcome is Outcome.QUARANTINED:
+            raise EventQuarantined(message) from error
         if outcome is Outcome.FAILED:
             raise EventFailed(message) from error
         raise EventRetrying(message) from error
@@ -160,7 +183,7 @@ async def requeueable_events(
             "AND (e.outcome IS NULL OR e.outcome = ANY(:retried) "
             "OR (e.outcome = 'awaiting_purchase' AND EXISTS ("
             "SELECT 1 FROM \"CreditTransaction\" t WHERE t.type = 'PURCHASE' "
-            "AND t.\"stripePaymentId\" = e.payload->'data'->'object'->>'payment_intent'))) "
+            'AND t."stripePaymentId" = e."paymentIntent"))) '
             'ORDER BY e."receivedAt", e.id LIMIT :limit'
         ),
         {"age": older_than_s, "retried": list(RETRIED_OUTCOMES), "limit": limit},
@@ -169,15 +192,24 @@ async def requeueable_events(
 
 
 async def list_events(
-    session: AsyncSession, *, failed_only: bool = False, limit: int = 50
+    session: AsyncSession,
+    *,
+    failed_only: bool = False,
+    awaiting_bound_s: int,
+    limit: int = 50,
 ) -> list[EventRow]:
-    """The latest stored events, newest first; `failed_only`: those failed or retrying."""
+    """The latest stored events, newest first. `failed_only`: those an operator may have to look
+    at (failed, retrying, quarantined, awaiting their purchase). An event awaiting its purchase
+    for longer than `awaiting_bound_s` seconds is flagged `overdue`."""
     query = select(StripeEvent).order_by(StripeEvent.received_at.desc(), StripeEvent.id)
     if failed_only:
         query = query.where(
             StripeEvent.processed_at.is_(None),
-            StripeEvent.outcome.in_([Outcome.FAILED.value, Outcome.RETRYING.value]),
+            StripeEvent.outcome.in_(ATTENTION_OUTCOMES),
         )
+    now = await session.scalar(select(func.timezone("UTC", func.now())))
+    assert isinstance(now, datetime)
+    bound = timedelta(seconds=awaiting_bound_s)
     rows = await session.scalars(query.limit(limit))
     return [
         EventRow(
@@ -189,6 +221,10 @@ async def list_events(
             r.outcome,
             r.attempts,
             r.last_error,
+            r.payment_intent,
+            r.processed_at is None
+            and r.outcome == Outcome.AWAITING_PURCHASE.value
+            and now - r.received_at > bound,
         )
         for r in rows
     ]
@@ -214,13 +250,14 @@ async def _record_failure(
         result = await session.execute(
             text(
                 'UPDATE "StripeEvent" SET attempts = attempts + 1, "lastError" = :error, '
-                "outcome = CASE WHEN :permanent OR attempts + 1 >= :max "
-                "THEN 'failed' ELSE 'retrying' END "
+                "outcome = CASE WHEN :quarantined THEN 'quarantined' "
+                "WHEN :permanent OR attempts + 1 >= :max THEN 'failed' ELSE 'retrying' END "
                 'WHERE id = :id AND "processedAt" IS NULL RETURNING type, outcome'
             ),
             {
                 "id": event_id,
                 "error": describe(error),
+                "quarantined": isinstance(error, Quarantined),
                 "permanent": isinstance(error, PermanentError),
                 "max": MAX_ATTEMPTS,
             },

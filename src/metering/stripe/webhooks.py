@@ -8,6 +8,7 @@ delivery can never stay replayable for longer than the tolerance.
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,17 @@ def verify_event(
 
 
 async def store_event(session: AsyncSession, event: ReceivedEvent) -> StoredEvent:
-    """Insert the raw event unless its id is already stored (`ON CONFLICT DO NOTHING`)."""
+    """Insert the raw event unless its id is already stored (`ON CONFLICT DO NOTHING`), with the
+    payment intent its object names."""
     inserted = await session.scalar(
         insert(StripeEvent)
-        .values(id=event.id, type=event.type, livemode=event.livemode, payload=event.payload)
+        .values(
+            id=event.id,
+            type=event.type,
+            livemode=event.livemode,
+            payload=event.payload,
+            payment_intent=payment_intent_of(event.payload),
+        )
         .on_conflict_do_nothing(index_elements=[StripeEvent.id])
         .returning(StripeEvent.id)
     )
@@ -87,6 +95,17 @@ async def store_event(session: AsyncSession, event: ReceivedEvent) -> StoredEven
         select(StripeEvent.processed_at).where(StripeEvent.id == event.id)
     )
     return StoredEvent(event.id, created=False, processed=processed_at is not None)
+
+
+def payment_intent_of(payload: Mapping[str, Any]) -> str | None:
+    """The payment intent an event's object belongs to, if it names one (as an id, or as an
+    expanded object holding it)."""
+    data = payload.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    value = obj.get("payment_intent") if isinstance(obj, Mapping) else None
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _timestamp(signature: str) -> int:

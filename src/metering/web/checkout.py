@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from metering import accounts
 from metering.db import session_scope
-from metering.stripe import checkout
+from metering.stripe import checkout, purchases
 from metering.web.auth import require_api_token
 from metering.web.deps import State
 
@@ -39,7 +39,8 @@ class CheckoutResponse(BaseModel):
     "/sessions", status_code=201, dependencies=[Depends(require_api_token)], tags=["checkout"]
 )
 async def create_checkout_session(body: CheckoutRequest, state: State) -> CheckoutResponse:
-    """Create a Checkout Session in payment mode; credits arrive when Stripe says it is paid."""
+    """Create a Checkout Session in payment mode and record it; credits arrive when Stripe says
+    it is paid."""
     credits = checkout.credits_to_buy(
         state.settings.stripe_credit_packs, pack=body.pack, credits=body.credits
     )
@@ -53,6 +54,13 @@ async def create_checkout_session(body: CheckoutRequest, state: State) -> Checko
         credits=credits,
         frontend_url=state.settings.frontend_url,
     )
+    # Recorded before the url is handed out: a session nobody has the url of cannot be paid, so
+    # every paid session of ours has its record (the webhook credits only recorded sessions).
+    async with session_scope(state.sessions) as session:
+        await purchases.record_order(
+            session,
+            purchases.Order(created.id, user_id, credits, created.amount_cents, checkout.CURRENCY),
+        )
     return CheckoutResponse(
         id=created.id,
         url=created.url,
