@@ -217,7 +217,8 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
 
     Returns one result per posting, in order. A key seen before (in the database or earlier in the
     same call) yields the first row for that key and moves nothing, if it is the same posting
-    (type, user, amount, experiment); if not, `KeyConflict` is raised and nothing is moved.
+    (type, user, amount, experiment); if not, `KeyConflict` is raised, for the caller to roll
+    its transaction back (a posting refused moves nothing).
     """
     for posting in postings:
         check_amount(posting.type, posting.amount)
@@ -255,6 +256,9 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
             results[key] = PostedTransaction(
                 row_id, posting.idempotency_key, posting.user_id, posting.type, posting.amount, True
             )
+    # Before any refusal, so that the rows inserted and the balances agree whatever the caller
+    # then does with its transaction.
+    await _apply_user_deltas(session, balances, deltas)
     missing = [key for key in first_by_key if key not in results]
     for key, row in (await _existing_transactions(session, missing)).items():
         posting = first_by_key[key]
@@ -262,7 +266,6 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
         results[key] = PostedTransaction(
             row.id, posting.idempotency_key, row.user_id, row.type, row.amount, False
         )
-    await _apply_user_deltas(session, balances, deltas)
     return [results[p.stored_key] for p in postings]
 
 
