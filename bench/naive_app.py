@@ -9,6 +9,7 @@ Run by the benchmark as `celery -A bench.naive_app worker -Q naive`.
 """
 
 import json
+from datetime import UTC
 from typing import Any
 
 from celery import Celery
@@ -16,6 +17,7 @@ from celery.signals import worker_ready
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from metering import ledger
 from metering.db import run_in_transaction
 from metering.errors import PermanentError, TransientError
 from metering.ids import cuid
@@ -70,6 +72,13 @@ _INSERT = text(
     "CAST(:metadata AS jsonb), :key, :experiment_id) "
     'ON CONFLICT ("idempotencyKey") DO NOTHING RETURNING id'
 )
+_RECORD = text(
+    'INSERT INTO "UsageCall" ("eventId", "experimentId", "userId", provider, model, tier, '
+    '"inputTokens", "outputTokens", "cachedInputTokens", "cacheWriteTokens", "reasoningTokens", '
+    '"exactCredits", credits, "occurredAt", "catalogVersion", "payloadDigest") VALUES (:event_id, '
+    ":experiment_id, :user_id, :provider, :model, :tier, :input, :output, :cached, :cache_write, "
+    ":reasoning, :exact, :credits, :occurred_at, :catalog_version, :digest)"
+)
 _DEBIT = text('UPDATE "User" SET credits = credits + :amount, "updatedAt" = now() WHERE id = :id')
 _USE = text(
     'UPDATE "MAACExperiment" SET "creditsUsed" = "creditsUsed" - :amount, '
@@ -81,7 +90,8 @@ async def charge(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, payload: str
 ) -> None:
     """The fewest statements that still charge exactly once with the exact-cost carry: lock the
-    experiment, insert the row unless its key exists, then move the two balances."""
+    experiment, insert the row unless its key exists and its call record, then move the two
+    balances."""
     parsed, invalid, _ = parse_entries([Entry("", "0-0", {"event": payload})])
     priced, unpriced = price_events(parsed, get_catalog(settings.metering_price_catalog))
     if invalid or unpriced:
@@ -107,12 +117,34 @@ async def charge(
                 "amount": amount,
                 "description": usage.description,
                 "metadata": json.dumps(usage.metadata, separators=(",", ":")),
-                "key": usage.event_id,
+                "key": ledger.stored_key(ledger.KeyKind.USAGE, usage.event_id),
                 "experiment_id": event.experiment_id,
             },
         )
         if inserted is None:
             return  # charged before: a redelivery
+        call = usage.call
+        await session.execute(
+            _RECORD,
+            {
+                "event_id": usage.event_id,
+                "experiment_id": event.experiment_id,
+                "user_id": experiment.user_id,
+                "provider": call.provider,
+                "model": call.model,
+                "tier": call.tier,
+                "input": call.input_tokens,
+                "output": call.output_tokens,
+                "cached": call.cached_input_tokens,
+                "cache_write": call.cache_write_tokens,
+                "reasoning": call.reasoning_tokens,
+                "exact": usage.exact_credits,
+                "credits": -amount,
+                "occurred_at": call.occurred_at.astimezone(UTC).replace(tzinfo=None),
+                "catalog_version": call.catalog_version,
+                "digest": call.payload_digest,
+            },
+        )
         await session.execute(_DEBIT, {"amount": amount, "id": experiment.user_id})
         exact = experiment.exact + usage.exact_credits
         await session.execute(_USE, {"amount": amount, "exact": exact, "id": event.experiment_id})

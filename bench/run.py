@@ -241,12 +241,12 @@ async def _backlog(
 async def _lower_bounds(
     engine: AsyncEngine, people: workload.Population, publish_ms: dict[str, int]
 ) -> list[float]:
-    """Per event: its row's `createdAt` (its transaction's start) minus its publish time."""
+    """Per event: its call record's `createdAt` (its transaction's start) minus its publish time."""
     async with engine.connect() as connection:
         rows = await connection.execute(
             text(
-                'SELECT "idempotencyKey" AS key, '
-                'EXTRACT(EPOCH FROM "createdAt") * 1000 AS created_ms FROM "CreditTransaction" '
+                'SELECT "eventId" AS key, '
+                'EXTRACT(EPOCH FROM "createdAt") * 1000 AS created_ms FROM "UsageCall" '
                 'WHERE "experimentId" = ANY(:ids)'
             ),
             {"ids": [e[0] for e in people.experiments]},

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import uuid
+from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -44,6 +45,21 @@ def create_database(name: str) -> str:
 def drop_database(url: str) -> None:
     name = make_url(to_asyncpg_url(url)).database
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+CALL = ledger.CallFacts(
+    provider="openai",
+    model="gpt-4o-mini",
+    tier="standard",
+    input_tokens=1000,
+    output_tokens=200,
+    cached_input_tokens=0,
+    cache_write_tokens=0,
+    reasoning_tokens=0,
+    occurred_at=datetime(2025, 9, 1, 12, 0, tzinfo=UTC),
+    catalog_version="test",
+)
+"""The facts of a call, for ledger tests that set its cost directly."""
 
 
 def unique(prefix: str) -> str:

@@ -10,16 +10,23 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from metering.db import create_engine
+from metering.db import create_engine, make_sessionmaker, session_scope
 from tests.factories import drop_database, server_database_url
+from tests.usage_data import charge_events, event
 
 METERING = str(Path(sys.executable).parent / "metering")
 
 
-def metering(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+def metering(
+    *args: str, database_url: str, operator: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the command; `operator` is the METERING_OPERATOR of the operator's shell."""
+    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    if operator is not None:
+        env["METERING_OPERATOR"] = operator
     return subprocess.run(
         [METERING, *args],
-        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -69,6 +76,8 @@ async def test_operator_session_from_creation_to_reconcile(new_database_url: str
         "goodwill",
         "--key",
         "k1",
+        "--operator",
+        "alice",
         database_url=url,
     )
     assert adjusted.returncode == 0, adjusted.stderr
@@ -81,6 +90,8 @@ async def test_operator_session_from_creation_to_reconcile(new_database_url: str
         "goodwill",
         "--key",
         "k1",
+        "--operator",
+        "alice",
         database_url=url,
     )
     assert "nothing changed" in again.stdout
@@ -98,8 +109,11 @@ async def test_operator_session_from_creation_to_reconcile(new_database_url: str
         "40",
         "--reason",
         "provider outage",
+        "--key",
+        "T-7",
         "--json",
         database_url=url,
+        operator="bob",
     )
     assert json.loads(refunded.stdout)["type"] == "REFUND"
     final = json.loads(metering("balance", user_id, "--json", database_url=url).stdout)
@@ -114,12 +128,15 @@ async def test_operator_session_from_creation_to_reconcile(new_database_url: str
     assert f"user {user_id}: credits = 9791 but its transactions sum to 9790" in broken.stderr
 
 
+POSTED_BY = ("--reason", "x", "--key", "k", "--operator", "alice")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("adjust", "test@example.com", "--credits", "0", "--reason", "x"), "must be not 0"),
+        (("adjust", "test@example.com", "--credits", "0", *POSTED_BY), "must be not 0"),
         (("balance", "nobody@example.com"), "no user with id or email 'nobody@example.com'"),
-        (("refund", "no-such-experiment", "--credits", "5", "--reason", "x"), "no experiment"),
+        (("refund", "no-such-experiment", "--credits", "5", *POSTED_BY), "no experiment"),
     ],
 )
 def test_bad_requests_get_one_line_errors(
@@ -144,3 +161,103 @@ def test_unreachable_database_is_a_one_line_error() -> None:
     assert result.returncode == 2
     assert "cannot reach PostgreSQL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_operator_postings_are_once_per_key_and_say_who_made_them(
+    new_database_url: str,
+) -> None:
+    """An operator runs the same adjustment and refund twice (the first reply was lost): each
+    posts once. Each row names its operator (flag or METERING_OPERATOR). A posting without a key
+    or an operator is refused; a key already used for another posting is refused (exit 1)."""
+    url = new_database_url
+    assert metering("db", "upgrade", database_url=url).returncode == 0
+    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    await execute(
+        url,
+        'INSERT INTO "MAACExperiment" (id, name, "userId", "updatedAt") '
+        f"VALUES ('exp-ops', 'ops', '{user_id}', now())",
+    )
+    adjust = ("adjust", user_id, "--credits", "250", "--reason", "x", "--key", "T-1", "--json")
+    refund = ("refund", "exp-ops", "--credits", "40", "--reason", "outage", "--key", "T-2")
+    runs = [
+        metering(*adjust, database_url=url, operator="alice"),
+        metering(*adjust, database_url=url, operator="alice"),
+        metering(*refund, "--operator", "bob", "--json", database_url=url),
+        metering(*refund, "--operator", "bob", database_url=url),
+    ]
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
+    assert [json.loads(runs[i].stdout)["created"] for i in (0, 1, 2)] == [True, False, True]
+    assert "nothing changed" in runs[3].stdout
+    balance = json.loads(metering("balance", user_id, "--json", database_url=url).stdout)
+    assert balance["credits"] == 10_000 + 250 + 40
+
+    shown = json.loads(metering("transactions", user_id, "--json", database_url=url).stdout)
+    audit = {row["type"]: row["metadata"] for row in shown["items"] if row["type"] != "PURCHASE"}
+    assert audit["ADJUSTMENT"] == {"reason": "x", "operator": "alice"}
+    assert audit["REFUND"] == {"experimentId": "exp-ops", "reason": "outage", "operator": "bob"}
+
+    without_key = metering(*adjust[:-3], database_url=url, operator="alice")
+    without_operator = metering(*adjust, database_url=url)
+    assert (without_key.returncode, without_operator.returncode) == (2, 2)
+    assert "Missing option '--key'" in without_key.stderr
+    assert "Missing option '--operator'" in without_operator.stderr
+
+    reused = metering(
+        "adjust", user_id, "--credits", "-40", "--reason", "x", "--key", "T-2",
+        database_url=url, operator="alice",
+    )  # fmt: skip
+    assert reused.returncode == 1
+    assert "idempotency key 'operator:T-2' was already posted as REFUND of +40" in reused.stderr
+    assert "Traceback" not in reused.stderr
+    final = json.loads(metering("balance", user_id, "--json", database_url=url).stdout)
+    assert final["credits"] == 10_000 + 250 + 40
+    assert metering("reconcile", database_url=url).returncode == 0
+
+
+async def test_reconcile_reports_a_deleted_owner_apart_from_violations(
+    new_database_url: str,
+) -> None:
+    """After the platform deletes a user with charged usage, reconcile names the experiment as
+    owner deleted and exits 0; a real violation beside it still exits 1."""
+    url = new_database_url
+    assert metering("db", "upgrade", database_url=url).returncode == 0
+    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    await execute(
+        url,
+        'INSERT INTO "MAACExperiment" (id, name, "userId", "updatedAt") '
+        f"VALUES ('exp-gone', 'gone', '{user_id}', now())",
+    )
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_scope(make_sessionmaker(engine)) as session:
+            outcome, _ = await charge_events(session, [event("exp-gone", n) for n in range(4)])
+    finally:
+        await engine.dispose()
+    used = -sum(outcome.amounts.values())
+    await execute(url, f"DELETE FROM \"User\" WHERE id = '{user_id}'")
+
+    clean = metering("reconcile", database_url=url)
+    assert clean.returncode == 0, clean.stderr
+    assert (
+        f"owner deleted experiment exp-gone: 4 calls ({used:,} credits) were charged to user "
+        f"{user_id}, deleted since with its transactions" in clean.stdout
+    )
+    as_json = json.loads(metering("reconcile", "--json", database_url=url).stdout)
+    assert as_json["ok"] is True
+    assert as_json["deletions"] == [
+        {
+            "kind": "owner_deleted",
+            "experiment_id": "exp-gone",
+            "user_id": user_id,
+            "calls": 4,
+            "credits": used,
+        }
+    ]
+
+    await execute(url, 'UPDATE "MAACExperiment" SET "creditsUsed" = "creditsUsed" + 1')
+    broken = metering("reconcile", database_url=url)
+    assert broken.returncode == 1
+    assert "owner deleted experiment exp-gone" in broken.stdout
+    assert f"experiment exp-gone: creditsUsed = {used + 1} but its usage sums to {used}" in (
+        broken.stderr
+    )

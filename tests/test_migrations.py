@@ -1,22 +1,36 @@
 """Migrations agree with the models, run both ways, and create exactly Prisma's schema."""
 
+import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import migrate
-from metering.db import create_engine
-from metering.models import Base
+from metering import ledger, migrate
+from metering.db import create_engine, make_sessionmaker, session_scope
+from metering.ingest import Entry, parse_entries, price_events, to_charges
+from metering.models import Base, CreditTransaction, TransactionType, UsageCall, User
+from metering.pricing import get_catalog
+from metering.pricing.money import whole_credits
+from metering.reconcile import find_violations
+from tests.pipeline.helpers import event, raw
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
+from tests.usage_data import charge_events
 
 PRISMA_SQL = Path(__file__).parent / "prisma" / "billing_schema.sql"
-ALL_TABLES = (*PLATFORM_TABLES, "UnbilledUsage", "StripeEvent", "StripeCheckoutSession")
+ALL_TABLES = (
+    *PLATFORM_TABLES,
+    "UnbilledUsage",
+    "StripeEvent",
+    "UsageCall",
+    "StripeCheckoutSession",
+)
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -130,3 +144,170 @@ async def test_prisma_index_and_constraint_names(schema: dict[str, Any]) -> None
         "f",
         'FOREIGN KEY ("userId") REFERENCES "User"(id) ON UPDATE CASCADE ON DELETE SET NULL',
     )
+    # Call records outlive users and experiments: no foreign key, so no delete cascades to them.
+    assert [name for table, name, _, _ in schema["constraints"] if table == '"UsageCall"'] == [
+        "UsageCall_pkey"
+    ]
+    assert indexes["UsageCall_experimentId_idx"].endswith('USING btree ("experimentId")')
+
+
+# --------------------------------------------------------------------------------------------
+# 0003: rows written before keep their meaning
+
+
+async def _execute(url: str, statement: str, params: dict[str, Any] | None = None) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement), params or {})
+    finally:
+        await engine.dispose()
+
+
+def _old_usage_row(charge: ledger.UsageCharge, user_id: str, amount: int) -> dict[str, Any]:
+    """A USAGE row as the ledger wrote it before 0003: keyed by the bare event id."""
+    return {
+        "id": f"tx-{charge.event_id}",
+        "user": user_id,
+        "amount": amount,
+        "key": charge.event_id,
+        "experiment": charge.experiment_id,
+        "metadata": json.dumps(charge.metadata, default=str),
+    }
+
+
+async def test_rows_written_before_0003_are_still_found_after_it(empty_database: str) -> None:
+    """Usage, unbilled usage, a purchase, a clawback and an operator's adjustment written the
+    old way (bare keys, no call records); after the upgrade every redelivery is a duplicate,
+    every repost finds its row, nothing is charged twice, and reconcile is clean."""
+    url = empty_database
+    await migrate.upgrade_async(url, "0002")
+    billed, unbilled = event("exp-owned"), event("exp-orphan", 1)
+    entries = [Entry("s", f"1-{n}", raw(d)) for n, d in enumerate([billed, unbilled])]
+    parsed, _, _ = parse_entries(entries)
+    priced, _ = price_events(parsed, get_catalog(None))
+    modes = {"exp-owned": "system", "exp-orphan": "system"}
+    old_charges, _ = to_charges(priced, modes, Decimal(1), Decimal(0))
+    owned_charge, orphan_charge = old_charges
+    used = whole_credits(owned_charge.exact_credits)
+    orphan_used = whole_credits(orphan_charge.exact_credits)
+    statements = [
+        'INSERT INTO "User" (id, email, credits, "updatedAt") '
+        f"VALUES ('u-old', 'old@example.com', {1000 - 100 + 5 + 1 - used}, now())",
+        'INSERT INTO "MAACExperiment" (id, name, "userId", "creditsUsed", "exactCreditsUsed", '
+        f"\"updatedAt\") VALUES ('exp-owned', 'owned', 'u-old', {used}, "
+        f"{owned_charge.exact_credits}, now()), ('exp-orphan', 'orphan', NULL, {orphan_used}, "
+        f"{orphan_charge.exact_credits}, now())",
+        'INSERT INTO "CreditTransaction" (id, "userId", type, amount, description, '
+        '"idempotencyKey", "stripePaymentId", "stripeCheckoutId", metadata) VALUES '
+        "('tx-p', 'u-old', 'PURCHASE', 1000, 'p', 'cs_old', 'pi_old', 'cs_old', "
+        "'{\"amountTotalCents\": 1000}'), "
+        "('tx-c', 'u-old', 'ADJUSTMENT', -100, 'c', 'ch_old:refunded:100', 'pi_old', NULL, NULL), "
+        "('tx-o', 'u-old', 'ADJUSTMENT', 5, 'o', 'ticket-1', NULL, NULL, NULL), "
+        "('tx-prisma', 'u-old', 'PURCHASE', 1, 'seed', NULL, 'pi_test_123', NULL, NULL)",
+    ]
+    for statement in statements:
+        await _execute(url, statement)
+    await _execute(
+        url,
+        'INSERT INTO "CreditTransaction" (id, "userId", type, amount, description, '
+        '"idempotencyKey", "experimentId", metadata) '
+        "VALUES (:id, :user, 'USAGE', :amount, 'usage', :key, :experiment, "
+        "CAST(:metadata AS jsonb))",
+        _old_usage_row(owned_charge, "u-old", -used),
+    )
+    await _execute(
+        url,
+        'INSERT INTO "UnbilledUsage" ("eventId", "experimentId", amount, metadata) '
+        "VALUES (:key, :experiment, :amount, CAST(:metadata AS jsonb))",
+        _old_usage_row(orphan_charge, "", -orphan_used),
+    )
+
+    await migrate.upgrade_async(url)
+
+    engine = create_engine(url, pool_size=2)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with session_scope(sessions) as session:
+            outcome, _ = await charge_events(session, [billed, unbilled])
+            reposted = await ledger.post_many(
+                session,
+                [
+                    ledger.Posting(
+                        "u-old",
+                        TransactionType.PURCHASE,
+                        1000,
+                        "p",
+                        "cs_old",
+                        stripe_payment_id="pi_old",
+                    ),
+                    ledger.Posting(
+                        "u-old",
+                        TransactionType.ADJUSTMENT,
+                        -100,
+                        "c",
+                        "ch_old:refunded:100",
+                        stripe_payment_id="pi_old",
+                    ),
+                    ledger.Posting("u-old", TransactionType.ADJUSTMENT, 5, "o", "ticket-1"),
+                ],
+            )
+        assert outcome.duplicates == [billed["event_id"], unbilled["event_id"]]
+        assert outcome.charged == outcome.unbilled == []
+        assert [(p.transaction_id, p.created) for p in reposted] == [
+            ("tx-p", False),
+            ("tx-c", False),
+            ("tx-o", False),
+        ]
+        async with session_scope(sessions) as session:
+            assert await find_violations(session) == []
+            user = await session.get(User, "u-old")
+            assert user is not None
+            assert user.credits == 1000 - 100 + 5 + 1 - used
+            rows = await session.execute(
+                select(CreditTransaction.id, CreditTransaction.idempotency_key)
+            )
+            keys = {row_id: key for row_id, key in rows}
+            call = await session.get(UsageCall, owned_charge.event_id)
+            orphan_call = await session.get(UsageCall, orphan_charge.event_id)
+        assert keys == {
+            "tx-p": "purchase:cs_old",
+            "tx-c": "clawback:ch_old:refunded:100",
+            "tx-o": "operator:ticket-1",
+            "tx-prisma": None,
+            f"tx-{owned_charge.event_id}": f"usage:{owned_charge.event_id}",
+        }
+        assert call is not None
+        assert orphan_call is not None
+        facts = owned_charge.call
+        assert (call.user_id, call.credits, call.exact_credits) == (
+            "u-old",
+            used,
+            owned_charge.exact_credits,
+        )
+        assert (call.provider, call.model, call.tier, call.input_tokens, call.output_tokens) == (
+            facts.provider,
+            facts.model,
+            facts.tier,
+            facts.input_tokens,
+            facts.output_tokens,
+        )
+        assert (call.occurred_at, call.catalog_version, call.payload_digest) == (
+            facts.occurred_at.replace(tzinfo=None),
+            facts.catalog_version,
+            facts.payload_digest,
+        )
+        assert (orphan_call.user_id, orphan_call.credits) == (None, orphan_used)
+    finally:
+        await engine.dispose()
+
+    await migrate.downgrade_async(url, "0002")
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            bare = set(
+                await connection.scalars(text('SELECT "idempotencyKey" FROM "CreditTransaction"'))
+            )
+    finally:
+        await engine.dispose()
+    assert bare == {"cs_old", "ch_old:refunded:100", "ticket-1", None, owned_charge.event_id}

@@ -82,14 +82,26 @@ async def seed(session: AsyncSession) -> ledger.PostedTransaction:
     )
 
 
+def _operator_metadata(reason: str, operator: str) -> dict[str, str]:
+    """Who made an operator's posting and why, as an audit log keeps it; both are required."""
+    if not reason.strip():
+        raise PermanentError("a reason is required", code="no_reason")
+    if not operator.strip():
+        raise PermanentError("the operator's name is required", code="no_operator")
+    return {"reason": reason, "operator": operator.strip()}
+
+
 async def refund_experiment(
-    session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str
+    session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str, operator: str
 ) -> ledger.PostedTransaction:
     """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run).
 
-    `key` makes the refund idempotent: make it once, before any retry.
+    `key` (in the operators' key space) makes the refund idempotent: the same key posts once, and
+    a key already posted for anything else is refused (`ledger.KeyConflict`). `operator` is
+    recorded in the row's metadata with the reason.
     """
     ledger.check_amount(TransactionType.REFUND, credits)
+    metadata = {"experimentId": experiment_id, **_operator_metadata(reason, operator)}
     experiment = await find_experiment(session, experiment_id)
     if experiment.user_id is None:
         raise PermanentError(f"experiment {experiment_id!r} has no user to refund", code="no_owner")
@@ -101,20 +113,22 @@ async def refund_experiment(
             amount=credits,
             description=f"Refund for experiment {experiment_id}: {reason}",
             idempotency_key=key,
-            metadata={"experimentId": experiment_id, "reason": reason},
+            metadata=metadata,
             experiment_id=experiment_id,
         ),
     )
 
 
 async def adjust_user(
-    session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str
+    session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str, operator: str
 ) -> ledger.PostedTransaction:
     """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative).
 
-    `key` makes the correction idempotent: make it once, before any retry.
+    `key` (in the operators' key space) makes the correction idempotent, as for a refund;
+    `operator` is recorded in the row's metadata with the reason.
     """
     ledger.check_amount(TransactionType.ADJUSTMENT, credits)
+    metadata = _operator_metadata(reason, operator)
     user = await find_user(session, id_or_email)
     return await ledger.post(
         session,
@@ -124,6 +138,6 @@ async def adjust_user(
             amount=credits,
             description=f"Adjustment: {reason}",
             idempotency_key=key,
-            metadata={"reason": reason},
+            metadata=metadata,
         ),
     )

@@ -429,14 +429,6 @@ async def _experiments(
     return {row.id: (row.userId, row.apiKeyMode) for row in rows}
 
 
-_RECORDED_DIGESTS = text(
-    "SELECT \"idempotencyKey\" AS event_id, metadata->>'payloadDigest' AS digest "
-    'FROM "CreditTransaction" WHERE "idempotencyKey" = ANY(:ids) '
-    "UNION ALL SELECT \"eventId\", metadata->>'payloadDigest' "
-    'FROM "UnbilledUsage" WHERE "eventId" = ANY(:ids)'
-).bindparams(bindparam("ids", type_=ARRAY(Text)))
-
-
 async def _conflicts(
     session: AsyncSession, parsed: Sequence[Parsed], outcome: ledger.UsageOutcome
 ) -> tuple[list[DeadLetter], int]:
@@ -452,10 +444,7 @@ async def _conflicts(
             others.append(item)
     if not others:
         return [], 0
-    rows = await session.execute(
-        _RECORDED_DIGESTS, {"ids": sorted({p.event.event_id for p in others})}
-    )
-    recorded = {row.event_id: row.digest for row in rows}
+    recorded = await ledger.recorded_digests(session, sorted({p.event.event_id for p in others}))
     conflicts = [
         conflict(p.entry, p.event.event_id)
         for p in others

@@ -32,6 +32,12 @@ class PermanentError(MeteringError):
     code = "permanent"
 
 
+class Conflict(PermanentError):
+    """The request contradicts what is already recorded (HTTP 409; the CLI exits 1)."""
+
+    code = "conflict"
+
+
 class ConfigurationError(PermanentError):
     """Settings or a data file shipped with the service are wrong."""
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD, UsageEvent, parse_event
-from metering.ledger import UsageCharge
+from metering.ledger import CallFacts, UsageCharge
 from metering.pricing import CallCost, Catalog, TokenUsage, charge_exact_credits
 
 MAX_DETAIL = 500
@@ -168,10 +168,29 @@ def to_charges(
                 experiment_id=event.experiment_id,
                 exact_credits=exact,
                 description=describe_usage(item.cost),
+                call=call_facts(item),
                 metadata=usage_metadata(item, mode, exact),
             )
         )
     return charges, dead
+
+
+def call_facts(item: Priced) -> CallFacts:
+    """The call as its call record keeps it: the catalog's names and tier, the event's counts."""
+    event, cost = item.parsed.event, item.cost
+    return CallFacts(
+        provider=cost.provider,
+        model=cost.model,
+        tier=cost.tier,
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        cached_input_tokens=event.cached_input_tokens,
+        cache_write_tokens=event.cache_write_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+        occurred_at=event.occurred_at,
+        catalog_version=cost.catalog_version,
+        payload_digest=item.parsed.digest,
+    )
 
 
 def describe_usage(cost: CallCost) -> str:

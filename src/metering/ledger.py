@@ -5,33 +5,43 @@ Invariants kept here, inside the caller's database transaction:
   `User.credits = SUM(amount)` always;
 - every change to `MAACExperiment.creditsUsed` is a USAGE row (or an `UnbilledUsage` row for an
   experiment without a user), so `creditsUsed = -SUM(usage amounts)` always;
-- each posting carries a unique idempotency key: posting the same key again changes nothing and
-  returns the first result. Duplicates are found by the database (`ON CONFLICT DO NOTHING`);
+- each posting carries a unique idempotency key in the key space of its kind (`key_kind`: usage,
+  purchase, clawback, operator; stored as `<kind>:<key>`), so keys of different kinds never
+  collide. Posting a key again with the same type, user, amount and experiment changes nothing
+  and returns the first result; with any of them different it is refused (`KeyConflict`), never
+  answered with the other posting. Duplicates are found by the database (`ON CONFLICT DO
+  NOTHING`);
+- each charged call has a `UsageCall` record, keyed by its event id and written in the same
+  transaction as its USAGE or UnbilledUsage row. It has no foreign key, so it outlives the
+  platform's deletes of users and experiments: an event id once recorded is never counted again;
 - rows are locked in one order, so concurrent transactions cannot deadlock on each other's
   locks: a usage batch holds its users against deletion (`FOR KEY SHARE`), then locks its
-  experiments, writes its rows, and locks its users' balances (`FOR NO KEY UPDATE`) last, each
-  step in id order. Batches of different experiments that share users thus write their rows side
-  by side and queue only for the final balance updates; other postings lock users `FOR NO KEY
-  UPDATE` too, which never blocks a key share. A user's deletion locks the user and then, by ON
-  DELETE SET NULL, its experiments: it waits for the batches holding the user, never the reverse.
+  experiments, writes its rows (call records first), and locks its users' balances (`FOR NO KEY
+  UPDATE`) last, each step in id order. Batches of different experiments that share users thus
+  write their rows side by side and queue only for the final balance updates; other postings
+  lock users `FOR NO KEY UPDATE` too, which never blocks a key share. A user's deletion locks
+  the user and then, by ON DELETE SET NULL, its experiments: it waits for the batches holding
+  the user, never the reverse. Call records take no lock beyond their own key.
 
 Rows are never updated or deleted: a correction is a new row (ADJUSTMENT or REFUND).
 """
 
+import enum
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, Numeric, Text
 
-from metering.errors import PermanentError, TransientError
+from metering.errors import Conflict, PermanentError, TransientError
 from metering.ids import cuids
 from metering.models import TransactionType
 from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
@@ -39,7 +49,6 @@ from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 EXACT_QUANTUM = Decimal(1).scaleb(-EXACT_CREDIT_PLACES)
-USAGE_LOCK_KEY = 0x6D657465  # advisory lock shared by usage batches ("mete")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once; json.dumps builds one per call
 _STRICT_ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 """What the standard library refuses, orjson must not accept either: datetimes, dataclasses."""
@@ -65,10 +74,40 @@ class InvalidMetadata(LedgerError):
     code = "invalid_metadata"
 
 
+class KeyConflict(LedgerError, Conflict):
+    """A key posted again with another type, user, amount or experiment than its first posting."""
+
+    code = "idempotency_key_conflict"
+
+
 class OwnerChanged(TransientError):
     """An experiment changed owner between reading and locking it; run the batch again."""
 
     code = "owner_changed"
+
+
+class KeyKind(enum.StrEnum):
+    """The key space of a posting. Migration 0003 applies the same rule to rows written before."""
+
+    USAGE = "usage"
+    PURCHASE = "purchase"
+    CLAWBACK = "clawback"
+    OPERATOR = "operator"
+
+
+def key_kind(type_: TransactionType, stripe_payment_id: str | None) -> KeyKind:
+    """USAGE: usage; PURCHASE: purchase; ADJUSTMENT or REFUND of a Stripe payment: clawback;
+    any other ADJUSTMENT or REFUND: operator."""
+    if type_ is TransactionType.USAGE:
+        return KeyKind.USAGE
+    if type_ is TransactionType.PURCHASE:
+        return KeyKind.PURCHASE
+    return KeyKind.OPERATOR if stripe_payment_id is None else KeyKind.CLAWBACK
+
+
+def stored_key(kind: KeyKind, key: str) -> str:
+    """The `idempotencyKey` column's value: the caller's key in its kind's key space."""
+    return f"{kind.value}:{key}"
 
 
 @dataclass(frozen=True)
@@ -85,10 +124,19 @@ class Posting:
     stripe_payment_id: str | None = None
     stripe_checkout_id: str | None = None
 
+    @property
+    def stored_key(self) -> str:
+        return stored_key(key_kind(self.type, self.stripe_payment_id), self.idempotency_key)
+
+    def describe(self) -> str:
+        return _describe(self.type, self.amount, self.user_id, self.experiment_id)
+
 
 @dataclass(frozen=True)
 class PostedTransaction:
-    """The row a posting's key maps to. `created` is False when the key had been posted before."""
+    """The row a posting's key maps to. `created` is False when the key had been posted before.
+
+    `idempotency_key` is the caller's key, as posted (the column holds it in its kind's space)."""
 
     transaction_id: str
     idempotency_key: str
@@ -99,6 +147,24 @@ class PostedTransaction:
 
 
 @dataclass(frozen=True)
+class CallFacts:
+    """What one LLM call was, as its `UsageCall` record keeps it (with its experiment, owner and
+    cost): enough to recompute its exact cost from the catalog version."""
+
+    provider: str
+    model: str
+    tier: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    occurred_at: datetime
+    catalog_version: str
+    payload_digest: str | None = None
+
+
+@dataclass(frozen=True)
 class UsageCharge:
     """One call's usage: `exact_credits` is its exact, fractional cost in credits (>= 0)."""
 
@@ -106,6 +172,7 @@ class UsageCharge:
     experiment_id: str
     exact_credits: Decimal
     description: str
+    call: CallFacts
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -149,7 +216,9 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
     """Record postings (to one or many users) in the caller's transaction, in one statement.
 
     Returns one result per posting, in order. A key seen before (in the database or earlier in the
-    same call) yields the first row for that key and moves nothing.
+    same call) yields the first row for that key and moves nothing, if it is the same posting
+    (type, user, amount, experiment); if not, `KeyConflict` is raised, for the caller to roll
+    its transaction back (a posting refused moves nothing).
     """
     for posting in postings:
         check_amount(posting.type, posting.amount)
@@ -161,35 +230,62 @@ async def post_many(session: AsyncSession, postings: Sequence[Posting]) -> list[
     balances = await _lock_users(session, {p.user_id for p in postings})
     first_by_key: dict[str, Posting] = {}
     for posting in postings:
-        first_by_key.setdefault(posting.idempotency_key, posting)
+        first = first_by_key.setdefault(posting.stored_key, posting)
+        _refuse_another_posting(first.stored_key, first.describe(), None, posting)
     # Rows go in key order, so that two calls sharing keys wait on each other in the same order.
-    candidates = sorted(first_by_key.values(), key=lambda p: p.idempotency_key)
+    candidates = sorted(first_by_key.items())
     ids = cuids(len(candidates))
     inserted_keys = await _insert_transactions(
         session,
         ids=ids,
-        user_ids=[p.user_id for p in candidates],
-        types=[p.type.value for p in candidates],
-        amounts=[p.amount for p in candidates],
-        descriptions=[p.description for p in candidates],
-        metadata=[_json(p.metadata) for p in candidates],
-        keys=[p.idempotency_key for p in candidates],
-        experiment_ids=[p.experiment_id for p in candidates],
-        payment_ids=[p.stripe_payment_id for p in candidates],
-        checkout_ids=[p.stripe_checkout_id for p in candidates],
+        user_ids=[p.user_id for _, p in candidates],
+        types=[p.type.value for _, p in candidates],
+        amounts=[p.amount for _, p in candidates],
+        descriptions=[p.description for _, p in candidates],
+        metadata=[_json(p.metadata) for _, p in candidates],
+        keys=[key for key, _ in candidates],
+        experiment_ids=[p.experiment_id for _, p in candidates],
+        payment_ids=[p.stripe_payment_id for _, p in candidates],
+        checkout_ids=[p.stripe_checkout_id for _, p in candidates],
     )
     deltas: dict[str, int] = defaultdict(int)
     results: dict[str, PostedTransaction] = {}
-    for posting, row_id in zip(candidates, ids, strict=True):
-        if posting.idempotency_key in inserted_keys:
+    for (key, posting), row_id in zip(candidates, ids, strict=True):
+        if key in inserted_keys:
             deltas[posting.user_id] += posting.amount
-            results[posting.idempotency_key] = PostedTransaction(
+            results[key] = PostedTransaction(
                 row_id, posting.idempotency_key, posting.user_id, posting.type, posting.amount, True
             )
+    # Before any refusal, so that the rows inserted and the balances agree whatever the caller
+    # then does with its transaction.
     await _apply_user_deltas(session, balances, deltas)
     missing = [key for key in first_by_key if key not in results]
-    results.update(await _existing_transactions(session, missing))
-    return [results[p.idempotency_key] for p in postings]
+    for key, row in (await _existing_transactions(session, missing)).items():
+        posting = first_by_key[key]
+        _refuse_another_posting(key, row.describe(), row.id, posting)
+        results[key] = PostedTransaction(
+            row.id, posting.idempotency_key, row.user_id, row.type, row.amount, False
+        )
+    return [results[p.stored_key] for p in postings]
+
+
+def _describe(type_: TransactionType, amount: int, user_id: str, experiment_id: str | None) -> str:
+    """What a posting is, as far as its key is concerned: equal text, the same posting."""
+    for_experiment = f" for experiment {experiment_id}" if experiment_id else ""
+    return f"{type_.value} of {amount:+,} credits to user {user_id}{for_experiment}"
+
+
+def _refuse_another_posting(
+    key: str, first: str, transaction_id: str | None, posting: Posting
+) -> None:
+    """`KeyConflict` unless `posting` is the posting `first` describes (a retry of it)."""
+    if posting.describe() == first:
+        return
+    where = f" (transaction {transaction_id})" if transaction_id else " earlier in this call"
+    raise KeyConflict(
+        f"idempotency key {key!r} was already posted as {first}{where}; "
+        f"refusing {posting.describe()} under the same key"
+    )
 
 
 async def charge_usage(
@@ -202,8 +298,10 @@ async def charge_usage(
     Each experiment's `exactCreditsUsed` grows by the exact cost of each new charge; each USAGE row
     is charged the whole credits that growth makes due (`money.credits_due`), so an experiment is
     charged `ceil(exact total)` credits overall. Charges of experiments without a user go to
-    `UnbilledUsage`. Charges of unknown experiments are returned, not recorded. Balances may go
-    negative: usage already incurred is always recorded.
+    `UnbilledUsage`. Every recorded charge also gets its `UsageCall` record, whose key (the event
+    id) decides what is new: an event recorded before, billed or unbilled, for a user deleted
+    since or not, is a duplicate. Charges of unknown experiments are returned, not recorded.
+    Balances may go negative: usage already incurred is always recorded.
 
     `owners_read` (experiment id -> userId, of every experiment that exists) saves reading them
     again when the caller just did in this transaction; they are checked under lock either way.
@@ -218,7 +316,6 @@ async def charge_usage(
         owners = await _experiment_owners(session, experiment_ids)
     else:
         owners = {e: owners_read[e] for e in experiment_ids if e in owners_read}
-    await _lock_usage_tables(session, exclusive=None in owners.values())
     await _hold_owners(session, {u for u in owners.values() if u is not None})
     experiments = await _lock_experiments(session, sorted(owners))
     if experiments.keys() != owners.keys() or any(experiments[e][0] != owners[e] for e in owners):
@@ -226,25 +323,30 @@ async def charge_usage(
     outcome.owners = dict(owners)
     outcome.unknown_experiments = [c.event_id for c in charges if c.experiment_id not in owners]
 
-    known = _first_per_event([c for c in charges if c.experiment_id in owners])
-    fresh = await _not_yet_recorded(session, known, owners)
-    billed = [c for c in fresh if owners[c.experiment_id] is not None]
-    unbilled = [c for c in fresh if owners[c.experiment_id] is None]
+    fresh = await _not_yet_recorded(
+        session, _first_per_event([c for c in charges if c.experiment_id in owners])
+    )
     while True:
         amounts, exact_totals = _carry(fresh, experiments)
         async with session.begin_nested() as savepoint:
-            charged = await _insert_usage_rows(session, _by_event_id(billed), owners, amounts)
-            recorded_unbilled = await _insert_unbilled_rows(
-                session, _by_event_id(unbilled), amounts
-            )
-            if len(charged) == len(billed) and len(recorded_unbilled) == len(unbilled):
+            recorded = await _insert_calls(session, _by_event_id(fresh), owners, amounts)
+            if len(recorded) == len(fresh):
                 break
-            # A concurrent writer recorded some of these events first: their amounts were part of
-            # the carry just computed, so recompute without them.
+            # A concurrent batch (of another experiment: these are locked) recorded some of these
+            # event ids first: their amounts were part of the carry just computed, so recompute
+            # without them.
             await savepoint.rollback()
-        billed = [c for c in billed if c.event_id in charged]
-        unbilled = [c for c in unbilled if c.event_id in recorded_unbilled]
-        fresh = billed + unbilled
+        fresh = [c for c in fresh if c.event_id in recorded]
+    billed = [c for c in fresh if owners[c.experiment_id] is not None]
+    unbilled = [c for c in fresh if owners[c.experiment_id] is None]
+    # Each of these event ids has just got its call record, so no usage row of it can exist,
+    # unless a USAGE posting without an experiment took its key.
+    inserted = await _insert_usage_rows(session, _by_event_id(billed), owners, amounts)
+    if taken := [
+        e.event_id for e in billed if stored_key(KeyKind.USAGE, e.event_id) not in inserted
+    ]:
+        raise KeyConflict(f"the usage key of event {', '.join(taken)} is taken by another posting")
+    await _insert_unbilled_rows(session, _by_event_id(unbilled), amounts)
 
     # Locked last and briefly: the rows above went in without waiting for other batches of the
     # same users.
@@ -310,18 +412,6 @@ def _carry(
     return amounts, totals
 
 
-async def _lock_usage_tables(session: AsyncSession, *, exclusive: bool) -> None:
-    """Serialise batches that record unbilled usage against all other usage batches.
-
-    An event id must never be recorded both as a USAGE row and as UnbilledUsage; the check in
-    `_not_yet_recorded` must therefore see every committed write of the other table. Billed
-    batches share this transaction-scoped advisory lock; a batch with unbilled usage (rare) takes
-    it alone, so it waits for in-flight billed batches and they wait for it.
-    """
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    await session.execute(text(f"SELECT {function}(:key)"), {"key": USAGE_LOCK_KEY})
-
-
 async def _hold_owners(session: AsyncSession, user_ids: set[str]) -> None:
     """Keep the batch's owners from being deleted until it commits (`FOR KEY SHARE`, which blocks
     only a deletion or a change of key, in id order). An owner already gone was deleted since
@@ -385,38 +475,111 @@ async def _lock_experiments(
     return {row.id: (row.userId, row.creditsUsed, row.exactCreditsUsed) for row in rows}
 
 
-async def _not_yet_recorded(
-    session: AsyncSession, charges: list[UsageCharge], owners: Mapping[str, str | None]
-) -> list[UsageCharge]:
-    """Drop events already recorded in the table other than the one they would go to now.
-
-    An event first recorded while its experiment had no user (UnbilledUsage) must not be charged
-    when redelivered after a user was set, and the reverse. Under the experiment locks held here
-    this read cannot race; duplicates within one table are left to the unique indexes.
-    """
-    billed_ids = [c.event_id for c in charges if owners[c.experiment_id] is not None]
-    unbilled_ids = [c.event_id for c in charges if owners[c.experiment_id] is None]
-    seen: set[str] = set()
-    if billed_ids:
-        seen |= set(
-            await session.scalars(
-                text(
-                    'SELECT "eventId" FROM "UnbilledUsage" WHERE "eventId" = ANY(:ids)'
-                ).bindparams(bindparam("ids", type_=ARRAY(Text))),
-                {"ids": billed_ids},
-            )
+async def _not_yet_recorded(session: AsyncSession, charges: list[UsageCharge]) -> list[UsageCharge]:
+    """Drop events that have a call record: recorded before, billed or unbilled, whatever the
+    platform deleted since. Under the experiment locks held here only a batch of another
+    experiment with the same event id can race this read; the call records' key settles that."""
+    if not charges:
+        return []
+    seen = set(
+        await session.scalars(
+            text('SELECT "eventId" FROM "UsageCall" WHERE "eventId" = ANY(:ids)').bindparams(
+                bindparam("ids", type_=ARRAY(Text))
+            ),
+            {"ids": [c.event_id for c in charges]},
         )
-    if unbilled_ids:
-        seen |= set(
-            await session.scalars(
-                text(
-                    'SELECT "idempotencyKey" FROM "CreditTransaction" '
-                    'WHERE "idempotencyKey" = ANY(:ids)'
-                ).bindparams(bindparam("ids", type_=ARRAY(Text))),
-                {"ids": unbilled_ids},
-            )
-        )
+    )
     return [c for c in charges if c.event_id not in seen]
+
+
+async def recorded_digests(
+    session: AsyncSession, event_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """The payload digest each of these events was recorded with (None if unknown), by event
+    id; events never recorded are absent."""
+    if not event_ids:
+        return {}
+    rows = await session.execute(
+        text(
+            'SELECT "eventId", "payloadDigest" FROM "UsageCall" WHERE "eventId" = ANY(:ids)'
+        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+        {"ids": list(event_ids)},
+    )
+    return {row.eventId: row.payloadDigest for row in rows}
+
+
+_INSERT_CALLS = text(
+    'INSERT INTO "UsageCall" ("eventId", "experimentId", "userId", provider, model, tier, '
+    '"inputTokens", "outputTokens", "cachedInputTokens", "cacheWriteTokens", '
+    '"reasoningTokens", "exactCredits", credits, "occurredAt", "catalogVersion", "payloadDigest") '
+    "SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:experiment_ids AS text[]), "
+    "CAST(:user_ids AS text[]), CAST(:providers AS text[]), CAST(:models AS text[]), "
+    "CAST(:tiers AS text[]), CAST(:input AS int[]), CAST(:output AS int[]), "
+    "CAST(:cached AS int[]), CAST(:cache_write AS int[]), CAST(:reasoning AS int[]), "
+    "CAST(:exact AS numeric[]), CAST(:credits AS int[]), CAST(:occurred AS timestamp(3)[]), "
+    "CAST(:versions AS text[]), CAST(:digests AS text[])) "
+    'ON CONFLICT ("eventId") DO NOTHING RETURNING "eventId"'
+).bindparams(
+    *(
+        bindparam(name, type_=ARRAY(Text))
+        for name in (
+            "event_ids",
+            "experiment_ids",
+            "user_ids",
+            "providers",
+            "models",
+            "tiers",
+            "versions",
+            "digests",
+        )
+    ),
+    *(
+        bindparam(name, type_=ARRAY(Integer))
+        for name in ("input", "output", "cached", "cache_write", "reasoning", "credits")
+    ),
+    bindparam("exact", type_=ARRAY(Numeric)),
+    bindparam("occurred", type_=ARRAY(TIMESTAMP(precision=3))),
+)
+
+
+async def _insert_calls(
+    session: AsyncSession,
+    charges: Sequence[UsageCharge],
+    owners: Mapping[str, str | None],
+    amounts: Mapping[str, int],
+) -> set[str]:
+    """One call record per charge, in one statement, skipping recorded event ids; returns the
+    event ids inserted. `credits` is what the call is charged: minus its usage amount."""
+    if not charges:
+        return set()
+    calls = [c.call for c in charges]
+    rows = await session.scalars(
+        _INSERT_CALLS,
+        {
+            "event_ids": [c.event_id for c in charges],
+            "experiment_ids": [c.experiment_id for c in charges],
+            "user_ids": [owners[c.experiment_id] for c in charges],
+            "providers": [f.provider for f in calls],
+            "models": [f.model for f in calls],
+            "tiers": [f.tier for f in calls],
+            "input": [f.input_tokens for f in calls],
+            "output": [f.output_tokens for f in calls],
+            "cached": [f.cached_input_tokens for f in calls],
+            "cache_write": [f.cache_write_tokens for f in calls],
+            "reasoning": [f.reasoning_tokens for f in calls],
+            "exact": [c.exact_credits for c in charges],
+            "credits": [-amounts[c.event_id] for c in charges],
+            "occurred": [_utc(f.occurred_at) for f in calls],
+            "versions": [f.catalog_version for f in calls],
+            "digests": [f.payload_digest for f in calls],
+        },
+    )
+    return set(rows)
+
+
+def _utc(moment: datetime) -> datetime:
+    """A naive UTC datetime, as TIMESTAMP(3) columns hold them (naive input is taken as UTC)."""
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 _INSERT_TRANSACTIONS = text(
@@ -463,6 +626,7 @@ async def _insert_usage_rows(
     owners: Mapping[str, str | None],
     amounts: Mapping[str, int],
 ) -> set[str]:
+    """The USAGE rows of billed charges; returns the stored keys inserted."""
     none: list[str | None] = [None] * len(charges)
     return await _insert_transactions(
         session,
@@ -472,7 +636,7 @@ async def _insert_usage_rows(
         amounts=[amounts[c.event_id] for c in charges],
         descriptions=[c.description for c in charges],
         metadata=[_json(c.metadata) for c in charges],
-        keys=[c.event_id for c in charges],
+        keys=[stored_key(KeyKind.USAGE, c.event_id) for c in charges],
         experiment_ids=[c.experiment_id for c in charges],
         payment_ids=none,
         checkout_ids=none,
@@ -484,8 +648,7 @@ _INSERT_UNBILLED = text(
     "SELECT t.event_id, t.experiment_id, t.amount, t.metadata::jsonb "
     "FROM unnest(CAST(:event_ids AS text[]), CAST(:experiment_ids AS text[]), "
     "CAST(:amounts AS int[]), CAST(:metadata AS text[])) "
-    "AS t(event_id, experiment_id, amount, metadata) "
-    'ON CONFLICT ("eventId") DO NOTHING RETURNING "eventId"'
+    "AS t(event_id, experiment_id, amount, metadata)"
 ).bindparams(
     bindparam("event_ids", type_=ARRAY(Text)),
     bindparam("experiment_ids", type_=ARRAY(Text)),
@@ -496,10 +659,12 @@ _INSERT_UNBILLED = text(
 
 async def _insert_unbilled_rows(
     session: AsyncSession, charges: Sequence[UsageCharge], amounts: Mapping[str, int]
-) -> set[str]:
+) -> None:
+    """The UnbilledUsage rows of charges of experiments without a user. Their call records were
+    just inserted, so their event ids are new here too."""
     if not charges:
-        return set()
-    rows = await session.scalars(
+        return
+    await session.execute(
         _INSERT_UNBILLED,
         {
             "event_ids": [c.event_id for c in charges],
@@ -508,7 +673,6 @@ async def _insert_unbilled_rows(
             "metadata": [_json(c.metadata) for c in charges],
         },
     )
-    return set(rows)
 
 
 async def _apply_user_deltas(
@@ -569,21 +733,34 @@ async def _apply_experiment_deltas(
     )
 
 
-async def _existing_transactions(
-    session: AsyncSession, keys: list[str]
-) -> dict[str, PostedTransaction]:
+@dataclass(frozen=True)
+class _Row:
+    """A posted row, as `_refuse_another_posting` compares it with a posting."""
+
+    id: str
+    user_id: str
+    type: TransactionType
+    amount: int
+    experiment_id: str | None
+
+    def describe(self) -> str:
+        return _describe(self.type, self.amount, self.user_id, self.experiment_id)
+
+
+async def _existing_transactions(session: AsyncSession, keys: list[str]) -> dict[str, _Row]:
+    """The rows of these stored keys, by stored key."""
     if not keys:
         return {}
     rows = await session.execute(
         text(
-            'SELECT id, "idempotencyKey", "userId", type, amount FROM "CreditTransaction" '
-            'WHERE "idempotencyKey" = ANY(:keys)'
+            'SELECT id, "idempotencyKey", "userId", type, amount, "experimentId" '
+            'FROM "CreditTransaction" WHERE "idempotencyKey" = ANY(:keys)'
         ).bindparams(bindparam("keys", type_=ARRAY(Text))),
         {"keys": keys},
     )
     return {
-        row.idempotencyKey: PostedTransaction(
-            row.id, row.idempotencyKey, row.userId, TransactionType(row.type), row.amount, False
+        row.idempotencyKey: _Row(
+            row.id, row.userId, TransactionType(row.type), row.amount, row.experimentId
         )
         for row in rows
     }

@@ -87,9 +87,10 @@ class CreditTransaction(Base):
     """One append-only ledger row. Rows are never updated: corrections are new rows.
 
     `amount` is in credits: PURCHASE and REFUND > 0, USAGE <= 0, ADJUSTMENT != 0.
-    Ours: `idempotencyKey` (unique; usage: the event id, purchase: the Checkout session id,
-    clawback: the Stripe refund or dispute id) and `experimentId` (the experiment a USAGE or REFUND
-    row belongs to, also kept in `metadata.experimentId` for the platform).
+    Ours: `idempotencyKey` (unique, `<kind>:<key>` in the key space of its kind: `usage:` the
+    event id, `purchase:` the Checkout session id, `clawback:` the Stripe refund state or dispute
+    id, `operator:` the operator's key; see `ledger.key_kind`) and `experimentId` (the experiment
+    a USAGE or REFUND row belongs to, also kept in `metadata.experimentId` for the platform).
     """
 
     __tablename__ = "CreditTransaction"
@@ -192,6 +193,39 @@ class UnbilledUsage(Base):
     )
     amount: Mapped[int] = mapped_column("amount", Integer, nullable=False)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class UsageCall(Base):
+    """Ours. One typed record per recorded LLM call: the durable exactly-once memory of usage.
+
+    Keyed by the event id; written in the same transaction as the call's USAGE row (or its
+    UnbilledUsage row: `userId` is then NULL). No foreign key: it outlives the platform's
+    deletion of the user (whose transactions cascade away) and of the experiment, so an event id
+    once recorded is never counted again. `userId` is the owner charged; `exactCredits` the
+    call's exact cost, recomputable from the token counts, tier, `occurredAt` and
+    `catalogVersion`; `credits` the whole credits it was charged (>= 0, minus its usage amount).
+    """
+
+    __tablename__ = "UsageCall"
+    __table_args__ = (Index("UsageCall_experimentId_idx", "experimentId"),)
+
+    event_id: Mapped[str] = mapped_column("eventId", Text, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column("experimentId", Text, nullable=False)
+    user_id: Mapped[str | None] = mapped_column("userId", Text)
+    provider: Mapped[str] = mapped_column("provider", Text, nullable=False)
+    model: Mapped[str] = mapped_column("model", Text, nullable=False)
+    tier: Mapped[str] = mapped_column("tier", Text, nullable=False)
+    input_tokens: Mapped[int] = mapped_column("inputTokens", Integer, nullable=False)
+    output_tokens: Mapped[int] = mapped_column("outputTokens", Integer, nullable=False)
+    cached_input_tokens: Mapped[int] = mapped_column("cachedInputTokens", Integer, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column("cacheWriteTokens", Integer, nullable=False)
+    reasoning_tokens: Mapped[int] = mapped_column("reasoningTokens", Integer, nullable=False)
+    exact_credits: Mapped[Decimal] = mapped_column("exactCredits", EXACT_CREDITS, nullable=False)
+    credits: Mapped[int] = mapped_column("credits", Integer, nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column("occurredAt", TIMESTAMP_MS, nullable=False)
+    catalog_version: Mapped[str] = mapped_column("catalogVersion", Text, nullable=False)
+    payload_digest: Mapped[str | None] = mapped_column("payloadDigest", Text)
     created_at: Mapped[datetime] = _created_at()
 
 

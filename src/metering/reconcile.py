@@ -1,4 +1,10 @@
-"""Proof that the ledger's invariants hold, row for row."""
+"""Proof that the ledger's invariants hold, row for row, and what the platform deleted.
+
+The platform may delete a user (its transactions cascade away, its experiments keep their
+`creditsUsed`) or an experiment. The call records (`UsageCall`) outlive both, so such deletes are
+told apart from violations: an experiment's usage charged to a user deleted since is counted from
+its call records, and every delete is reported on its own (`find_deletions`), not as a violation.
+"""
 
 from dataclasses import dataclass
 
@@ -20,9 +26,16 @@ _USER_VIOLATIONS = text(
 _EXPERIMENT_VIOLATIONS = text(
     """
     SELECT e.id, e."creditsUsed" AS recorded,
-           -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) AS expected,
+           -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) + COALESCE(c.orphaned, 0) AS expected,
+           COALESCE(c.orphaned, 0) AS orphaned, COALESCE(c.total, 0) AS calls,
            e."exactCreditsUsed" AS exact, CEIL(e."exactCreditsUsed") AS exact_ceiling
     FROM "MAACExperiment" e
+    LEFT JOIN (
+        SELECT c."experimentId", SUM(c.credits) AS total,
+               SUM(c.credits) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL) AS orphaned
+        FROM "UsageCall" c LEFT JOIN "User" u ON u.id = c."userId"
+        GROUP BY c."experimentId"
+    ) c ON c."experimentId" = e.id
     LEFT JOIN (
         SELECT "experimentId", SUM(amount) AS total FROM "CreditTransaction"
         WHERE type = 'USAGE' GROUP BY "experimentId"
@@ -30,7 +43,9 @@ _EXPERIMENT_VIOLATIONS = text(
     LEFT JOIN (
         SELECT "experimentId", SUM(amount) AS total FROM "UnbilledUsage" GROUP BY "experimentId"
     ) n ON n."experimentId" = e.id
-    WHERE e."creditsUsed" <> -(COALESCE(t.total, 0) + COALESCE(n.total, 0))
+    WHERE e."creditsUsed"
+          <> -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) + COALESCE(c.orphaned, 0)
+       OR e."creditsUsed" <> COALESCE(c.total, 0)
        OR e."creditsUsed" <> CEIL(e."exactCreditsUsed")
     ORDER BY e.id
     """
@@ -52,8 +67,28 @@ _SIGN_VIOLATIONS = text(
 _EVENTS_RECORDED_TWICE = text(
     """
     SELECT n."eventId" AS id FROM "UnbilledUsage" n
-    JOIN "CreditTransaction" t ON t."idempotencyKey" = n."eventId"
+    JOIN "CreditTransaction" t ON t."idempotencyKey" = 'usage:' || n."eventId"
     ORDER BY n."eventId"
+    """
+)
+
+
+_OWNERS_DELETED = text(
+    """
+    SELECT c."experimentId" AS experiment_id, c."userId" AS user_id, count(*) AS calls,
+           SUM(c.credits) AS credits
+    FROM "UsageCall" c JOIN "MAACExperiment" e ON e.id = c."experimentId"
+    WHERE c."userId" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "User" u WHERE u.id = c."userId")
+    GROUP BY 1, 2 ORDER BY 1, 2
+    """
+)
+
+_EXPERIMENTS_DELETED = text(
+    """
+    SELECT c."experimentId" AS experiment_id, count(*) AS calls, SUM(c.credits) AS credits
+    FROM "UsageCall" c
+    WHERE NOT EXISTS (SELECT 1 FROM "MAACExperiment" e WHERE e.id = c."experimentId")
+    GROUP BY 1 ORDER BY 1
     """
 )
 
@@ -75,7 +110,11 @@ class Violation:
 async def find_violations(session: AsyncSession) -> list[Violation]:
     """Every broken invariant: a user whose credits differ from SUM(amount); an experiment whose
     creditsUsed differs from -SUM(its usage amounts) or from the ceiling of its exact cost; a row
-    whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled."""
+    whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled.
+
+    An experiment's usage counts its USAGE and UnbilledUsage rows, and the call records charged to
+    users deleted since (whose USAGE rows went with them); it must also equal the sum of all its
+    call records."""
     violations = []
     for row in await session.execute(_USER_VIOLATIONS):
         violations.append(
@@ -90,7 +129,12 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
         )
     for row in await session.execute(_EXPERIMENT_VIOLATIONS):
         if row.recorded != row.expected:
-            detail = f"creditsUsed = {row.recorded} but its usage sums to {row.expected}"
+            also = (
+                f" ({row.orphaned} of them charged to users deleted since)" if row.orphaned else ""
+            )
+            detail = f"creditsUsed = {row.recorded} but its usage sums to {row.expected}{also}"
+        elif row.recorded != row.calls:
+            detail = f"creditsUsed = {row.recorded} but its call records sum to {row.calls}"
         else:
             detail = (
                 f"creditsUsed = {row.recorded} but its exact cost {row.exact} "
@@ -104,3 +148,42 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
         detail = "recorded both as a USAGE row and as unbilled usage"
         violations.append(Violation("event", row.id, 2, 1, detail))
     return violations
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """Recorded usage whose owner or experiment the platform deleted: not a violation.
+
+    `kind` is `owner_deleted` (the experiment stands, its user and that user's transactions are
+    gone) or `experiment_deleted`; `calls` and `credits` are those of its call records."""
+
+    kind: str
+    experiment_id: str
+    user_id: str | None
+    calls: int
+    credits: int
+
+    def __str__(self) -> str:
+        if self.kind == "owner_deleted":
+            return (
+                f"experiment {self.experiment_id}: {self.calls} calls ({self.credits:,} credits) "
+                f"were charged to user {self.user_id}, deleted since with its transactions; "
+                "creditsUsed keeps them and their events stay recorded"
+            )
+        return (
+            f"experiment {self.experiment_id} was deleted: {self.calls} calls "
+            f"({self.credits:,} credits) stay recorded, and on their owner's ledger"
+        )
+
+
+async def find_deletions(session: AsyncSession) -> list[Deletion]:
+    """Every experiment whose charged owner, and every experiment that, the platform deleted."""
+    deletions = [
+        Deletion("owner_deleted", row.experiment_id, row.user_id, row.calls, int(row.credits))
+        for row in await session.execute(_OWNERS_DELETED)
+    ]
+    deletions += [
+        Deletion("experiment_deleted", row.experiment_id, None, row.calls, int(row.credits))
+        for row in await session.execute(_EXPERIMENTS_DELETED)
+    ]
+    return deletions

@@ -185,7 +185,7 @@ async def _charged_event_ids(engine: AsyncEngine, books: Books) -> set[str]:
                 CreditTransaction.experiment_id.in_(books.owners)
             )
         )
-        return {row[0] for row in rows}
+        return {row[0].removeprefix("usage:") for row in rows}
 
 
 async def _blocked(engine: AsyncEngine) -> bool:

@@ -79,7 +79,7 @@ async def test_a_paid_checkout_buys_its_credits_once(
     assert (row.type, row.amount, row.idempotency_key) == (
         TransactionType.PURCHASE,
         CREDITS,
-        checkout["id"],
+        f"purchase:{checkout['id']}",
     )
     assert (row.stripe_checkout_id, row.stripe_payment_id) == (
         checkout["id"],

@@ -11,7 +11,7 @@ from rich.markup import escape
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.db import create_engine, make_sessionmaker, run_in_transaction
-from metering.errors import MeteringError
+from metering.errors import Conflict, MeteringError
 from metering.migrate import check_database
 from metering.settings import get_settings
 
@@ -28,11 +28,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run an async command body; a `MeteringError` becomes a one-line error and exit status 2."""
+    """Run an async command body; a `MeteringError` becomes a one-line error and exit status 2
+    (1 for a `Conflict` with what is recorded)."""
     try:
         return asyncio.run(_run(main))
     except MeteringError as error:
-        fail(f"{error} [{error.code}]")
+        fail(f"{error} [{error.code}]", 1 if isinstance(error, Conflict) else 2)
 
 
 async def _run(main: Callable[[], Awaitable[T]]) -> T:

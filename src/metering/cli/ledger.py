@@ -1,6 +1,5 @@
 """Ledger commands: seed, reconcile, balance, and operators' refunds and adjustments."""
 
-import uuid
 from dataclasses import asdict
 from decimal import Decimal
 
@@ -13,7 +12,7 @@ from metering import accounts, ledger
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json
 from metering.pricing.money import USD_PER_CREDIT
-from metering.reconcile import Violation, find_violations
+from metering.reconcile import Deletion, Violation, find_deletions, find_violations
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 
@@ -41,11 +40,29 @@ def seed(as_json: bool = JSON) -> None:
 
 @app.command()
 def reconcile(as_json: bool = JSON) -> None:
-    """Check every balance against its transactions; exit 1 if any invariant is broken."""
-    violations: list[Violation] = in_database(find_violations)
+    """Check every balance against its transactions; exit 1 if any invariant is broken.
+
+    Usage whose user or experiment the platform deleted is reported apart: not a violation."""
+
+    async def work(session: AsyncSession) -> tuple[list[Violation], list[Deletion]]:
+        return await find_violations(session), await find_deletions(session)
+
+    violations, deletions = in_database(work)
     if as_json:
-        print_json({"ok": not violations, "violations": [asdict(v) for v in violations]})
+        print_json(
+            {
+                "ok": not violations,
+                "violations": [asdict(v) for v in violations],
+                "deletions": [asdict(d) for d in deletions],
+            }
+        )
     else:
+        for deletion in deletions:
+            console.print(
+                f"[yellow]{deletion.kind.replace('_', ' ')}[/] {escape(str(deletion))}",
+                highlight=False,
+                soft_wrap=True,
+            )
         for violation in violations:
             errors.print(
                 f"[red]violation[/] {escape(str(violation))}", highlight=False, soft_wrap=True
@@ -75,22 +92,29 @@ def balance(
     console.print(table)
 
 
+KEY = typer.Option(
+    ...,
+    help="Idempotency key, e.g. the ticket: the same key posts once, so running the command "
+    "again (a lost reply) changes nothing; a key already used for another posting is refused.",
+)
+OPERATOR = typer.Option(
+    ..., envvar="METERING_OPERATOR", help="Who makes the posting, for the audit trail."
+)
+
+
 @app.command()
 def refund(
     experiment: str = typer.Argument(..., help="Experiment id."),
     credits: int = typer.Option(..., help="Credits to give back (> 0)."),
     reason: str = typer.Option(..., help="Why, for the audit trail."),
-    key: str | None = typer.Option(None, help="Idempotency key: the same key posts once."),
+    key: str = KEY,
+    operator: str = OPERATOR,
     as_json: bool = JSON,
 ) -> None:
-    """Give credits back to an experiment's owner (a REFUND transaction)."""
-
-    idempotency_key = key or f"refund:{uuid.uuid4()}"
+    """Give credits back to an experiment's owner (a REFUND transaction), once per key."""
 
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
-        return await accounts.refund_experiment(
-            session, experiment, credits, reason, idempotency_key
-        )
+        return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
 
     _report_posting(in_database(work), as_json)
 
@@ -100,14 +124,13 @@ def adjust(
     user: str = typer.Argument(..., help="User id or email."),
     credits: int = typer.Option(..., help="Credits to add (negative to remove)."),
     reason: str = typer.Option(..., help="Why, for the audit trail."),
-    key: str | None = typer.Option(None, help="Idempotency key: the same key posts once."),
+    key: str = KEY,
+    operator: str = OPERATOR,
     as_json: bool = JSON,
 ) -> None:
-    """Correct a user's balance (an ADJUSTMENT transaction)."""
-
-    idempotency_key = key or f"adjustment:{uuid.uuid4()}"
+    """Correct a user's balance (an ADJUSTMENT transaction), once per key."""
 
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
-        return await accounts.adjust_user(session, user, credits, reason, idempotency_key)
+        return await accounts.adjust_user(session, user, credits, reason, key, operator)
 
     _report_posting(in_database(work), as_json)
