@@ -223,10 +223,10 @@ async def test_clawbacks_are_keyed_by_refund_and_dispute_ids(
             )
         )
     assert [tuple(row) for row in rows] == [
-        (f"re_a_{pi}", -3_000),
-        (f"dp_d_{pi}", -4_000),
-        (f"dp_d_{pi}:reinstated", 4_000),
-        (f"re_a_{pi}:reinstated", 3_000),
+        (f"clawback:re_a_{pi}", -3_000),
+        (f"clawback:dp_d_{pi}", -4_000),
+        (f"clawback:dp_d_{pi}:reinstated", 4_000),
+        (f"clawback:re_a_{pi}:reinstated", 3_000),
     ]
     assert payments == {pi}
     assert await balance(sessions, user_id) == CREDITS

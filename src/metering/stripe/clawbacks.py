@@ -62,36 +62,60 @@ async def settle(
         target = purchase.credits_for(held)
         if target == clawed_back:
             continue
-        amount = clawed_back - target
-        row = await ledger.post(
-            session,
-            ledger.Posting(
-                user_id=purchase.user_id,
-                type=TransactionType.ADJUSTMENT,
-                amount=amount,
-                description=_description(reversal, amount),
-                idempotency_key=key,
-                metadata={
-                    "stripeReason": reversal.kind.value,
-                    "stripeEventId": event.get("id"),
-                    "stripeStatus": reversal.status,
-                    "reversalId": reversal.source,
-                    "chargeId": reversal.charge,
-                    "reversalCents": reversal.cents,
-                    "heldCents": held,
-                    "clawedBackCredits": target,
-                },
-                stripe_payment_id=payment_intent,
-            ),
-        )
-        if row.created:
+        row = await _post_towards(session, purchase, payment_intent, event, reversal, key, held)
+        if row is not None:
             posted.append(row)
-            clawed_back = target
-        else:
-            # The key was taken before this state was folded (rows of an earlier version):
-            # carry on from what the ledger really holds.
-            clawed_back = await net_clawback(session, payment_intent)
+        clawed_back = target
     return Settled(posted)
+
+
+async def _post_towards(
+    session: AsyncSession,
+    purchase: Purchase,
+    payment_intent: str,
+    event: Mapping[str, Any],
+    reversal: Reversal,
+    key: str,
+    held: int,
+) -> ledger.PostedTransaction | None:
+    """Post the ADJUSTMENT that brings the payment's net clawback to the credits of `held` cents.
+
+    A key already holding a row of an earlier version is never reused: what is left goes under a
+    key naming the target, so the net clawback still ends exactly at it.
+    """
+    target = purchase.credits_for(held)
+    for attempt_key in (key, f"{key}:to:{target}"):
+        amount = await net_clawback(session, payment_intent) - target
+        if amount == 0:
+            return None
+        try:
+            row = await ledger.post(
+                session,
+                ledger.Posting(
+                    user_id=purchase.user_id,
+                    type=TransactionType.ADJUSTMENT,
+                    amount=amount,
+                    description=_description(reversal, amount),
+                    idempotency_key=attempt_key,
+                    metadata={
+                        "stripeReason": reversal.kind.value,
+                        "stripeEventId": event.get("id"),
+                        "stripeStatus": reversal.status,
+                        "reversalId": reversal.source,
+                        "chargeId": reversal.charge,
+                        "reversalCents": reversal.cents,
+                        "heldCents": held,
+                        "clawedBackCredits": target,
+                    },
+                    stripe_payment_id=payment_intent,
+                ),
+            )
+        except ledger.KeyConflict:
+            row = None
+        if row is not None and row.created:
+            return row
+        log.warning("clawback key taken by an earlier row", key=attempt_key)
+    raise ledger.KeyConflict(f"clawback keys {key!r} and its successor are both taken")
 
 
 async def payment_state(
