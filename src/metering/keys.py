@@ -47,6 +47,11 @@ def low_balance_flag(prefix: str, user_id: str) -> str:
     return f"{prefix}:low-balance:{user_id}"
 
 
+def reconcile_result(prefix: str) -> str:
+    """The result of the last `metering reconcile` (JSON: violations, checked_at), for /metrics."""
+    return f"{prefix}:reconcile:last"
+
+
 def alerts_channel(prefix: str) -> str:
     """The pub/sub channel alerts are published on (one JSON message per alert)."""
     return f"{prefix}:alerts"
