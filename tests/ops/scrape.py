@@ -39,3 +39,11 @@ def series_names(exposition: str) -> set[str]:
     for family in text_string_to_metric_families(exposition):
         names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
     return names
+
+
+async def exported_series(database_url: str, prefix: str) -> set[str]:
+    """Every series name the service exports: a real scrape of the web app's `/metrics`, which
+    holds the metering registry and the gauges read at scrape time."""
+    return series_names(
+        await scrape(Settings(database_url=database_url, metering_redis_prefix=prefix))
+    )
