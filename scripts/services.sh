@@ -32,3 +32,31 @@ ensure_venv() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 }
+
+# The operations and client checks: Prometheus's promtool for the alert rules (tests/ops), and
+# the TypeScript producer package (clients/typescript), tested on its own and end to end by pytest.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  echo "installing promtool (Debian's prometheus package)"
+  # The package would start a Prometheus server; policy-rc.d's 101 tells it not to.
+  local guard="" log status=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard"
+  fi
+  log=$(mktemp)
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus; } >"$log" 2>&1 || status=$?
+  [ -z "$guard" ] || rm -f "$guard"
+  [ "$status" -eq 0 ] || cat "$log" >&2
+  rm -f "$log"
+  return "$status"
+}
+
+test_typescript_client() {
+  if ! command -v npm >/dev/null; then
+    echo "clients/typescript needs Node.js 20.15 or later with npm" >&2
+    return 1
+  fi
+  (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test)
+}

@@ -1,8 +1,9 @@
-"""How far behind the drains are: each usage stream's length, pending entries and lag, and the
-dead letters. Read from Redis (XLEN, XINFO GROUPS) on demand; `metering status` and `/metrics`
-both show it."""
+"""How far behind the drains are: each usage stream's length, pending entries, lag and oldest
+pending entry's age, and the dead letters. Read from Redis (XLEN, XINFO GROUPS, XPENDING) on
+demand; `metering status` and `/metrics` both show it."""
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
 
@@ -22,8 +23,9 @@ class Backlog:
 
 
 async def read_backlog(redis: Redis, prefix: str, shards: int) -> Backlog:
-    """Two round trips, pipelined, whatever the shard count; a stream not yet created reads as
-    empty (XINFO GROUPS on a missing key is an error, hence the EXISTS guard)."""
+    """Two round trips, pipelined, whatever the shard count, and a third when entries are
+    pending; a stream not yet created reads as empty (XINFO GROUPS on a missing key is an error,
+    hence the EXISTS guard)."""
     streams = keys.usage_streams(prefix, shards)
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
@@ -50,7 +52,26 @@ async def read_backlog(redis: Redis, prefix: str, shards: int) -> Backlog:
                 # Redis answers nil when it cannot tell (after deletions inside the range).
                 lag = int(str(group["lag"])) if group.get("lag") is not None else 0
         stats.append(StreamStats(stream, lengths.get(stream, 0), pending, lag))
-    return Backlog(stats, int(dead_letters))
+    return Backlog(await _with_oldest_pending(redis, stats), int(dead_letters))
+
+
+async def _with_oldest_pending(redis: Redis, stats: list[StreamStats]) -> list[StreamStats]:
+    """Each stream's stats with the age of its oldest pending entry, from the entry's id (the
+    time Redis added it, as the event age metric counts it)."""
+    pending = [s for s in stats if s.pending]
+    if not pending:
+        return stats
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream_stats in pending:
+            pipe.xpending(stream_stats.stream, keys.CONSUMER_GROUP)
+        summaries = await pipe.execute()
+    now_ms = time.time() * 1000
+    ages = {}
+    for stream_stats, summary in zip(pending, summaries, strict=True):
+        if summary["min"] is not None:
+            added_ms = int(_text(summary["min"]).split("-")[0])
+            ages[stream_stats.stream] = max(0.0, now_ms - added_ms) / 1000
+    return [replace(s, oldest_pending_age_s=ages.get(s.stream, 0.0)) for s in stats]
 
 
 def _text(value: object) -> str:

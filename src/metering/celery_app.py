@@ -11,14 +11,17 @@ import structlog
 from celery import Celery
 from celery.signals import (
     setup_logging,
+    task_failure,
     task_postrun,
     task_prerun,
+    task_retry,
+    task_success,
     worker_process_init,
     worker_process_shutdown,
 )
 from kombu.entity import Queue
 
-from metering import keys
+from metering import keys, metrics
 from metering.logs import configure_logging
 from metering.settings import get_settings
 from metering.tasks import runtime
@@ -106,3 +109,20 @@ def _bind_task(task_id: str, task: Any, **_: Any) -> None:
 @task_postrun.connect
 def _unbind_task(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
+
+
+# Outcomes of every task, counted in the process that ran it: a drain that keeps retrying, or no
+# drain succeeding while beat sends one a second, is what an operator is alerted to.
+@task_success.connect
+def _count_success(sender: Any, **_: Any) -> None:
+    metrics.observe_task(sender.name, "succeeded")
+
+
+@task_retry.connect
+def _count_retry(sender: Any, **_: Any) -> None:
+    metrics.observe_task(sender.name, "retried")
+
+
+@task_failure.connect
+def _count_failure(sender: Any, **_: Any) -> None:
+    metrics.observe_task(sender.name, "failed")

@@ -52,6 +52,11 @@ def balance_floor_flag(prefix: str, user_id: str) -> str:
     return f"{prefix}:balance-floor:{user_id}"
 
 
+def reconcile_result(prefix: str) -> str:
+    """The result of the last `metering reconcile` (JSON: violations, checked_at), for /metrics."""
+    return f"{prefix}:reconcile:last"
+
+
 def alerts_channel(prefix: str) -> str:
     """The pub/sub channel alerts are published on (one JSON message per alert)."""
     return f"{prefix}:alerts"

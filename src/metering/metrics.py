@@ -87,6 +87,12 @@ UNCHARGED_CREDITS = Counter(
     "Whole credits those events would have cost (each rounded up alone), by reason.",
     ["reason"],
 )
+TASKS = Counter(
+    "metering_tasks_total",
+    "Celery task runs by task name and outcome: succeeded, retried (an attempt failed and is "
+    "sent again) or failed (for good).",
+    ["task", "outcome"],
+)
 
 
 def observe_batch(
@@ -135,6 +141,10 @@ def observe_stripe_event(event_type: str, outcome: str) -> None:
     STRIPE_EVENTS.labels(event_type, outcome).inc()
 
 
+def observe_task(task: str, outcome: str) -> None:
+    TASKS.labels(task, outcome).inc()
+
+
 @dataclass(frozen=True)
 class StreamStats:
     """One usage stream as Redis reports it for the consumer group."""
@@ -143,6 +153,8 @@ class StreamStats:
     length: int
     pending: int
     lag: int
+    oldest_pending_age_s: float = 0.0
+    """Since the oldest pending entry was added to the stream; 0 when none is pending."""
 
 
 class StreamCollector(Collector):
@@ -164,23 +176,83 @@ class StreamCollector(Collector):
         lag = GaugeMetricFamily(
             "metering_stream_lag", "Entries not yet delivered to any consumer.", labels=["stream"]
         )
+        oldest = GaugeMetricFamily(
+            "metering_stream_oldest_pending_age_seconds",
+            "Since the oldest entry delivered and not yet acknowledged was published.",
+            labels=["stream"],
+        )
         for stats in self.streams:
             length.add_metric([stats.stream], stats.length)
             pending.add_metric([stats.stream], stats.pending)
             lag.add_metric([stats.stream], stats.lag)
-        yield from (length, pending, lag)
+            oldest.add_metric([stats.stream], stats.oldest_pending_age_s)
+        yield from (length, pending, lag, oldest)
         yield GaugeMetricFamily(
             "metering_dead_letter_length", "Entries in the dead-letter stream.", self.dead_letters
         )
 
 
-def render(extra: Collector | None = None) -> bytes:
-    """The Prometheus text exposition of this host's metrics, plus `extra` if given."""
+@dataclass(frozen=True)
+class LedgerStatus:
+    """The ledger's health as the web app reads it at scrape time: the last `metering reconcile`
+    (None if none has recorded a result) and the stored Stripe events not yet processed."""
+
+    reconcile_violations: int | None
+    reconciled_at_s: float | None
+    """Unix time of the last reconcile."""
+    stripe_unprocessed: Mapping[str, int]
+    """Stored, unprocessed Stripe events by stored outcome (`pending`: never handled)."""
+    stripe_oldest_s: Mapping[str, float]
+    """Age in seconds of the oldest of them, by the same outcome."""
+
+
+STRIPE_UNPROCESSED_OUTCOMES = ("pending", "retrying", "awaiting_purchase", "failed")
+"""Every outcome an unprocessed Stripe event can have: each is exported, at 0 when none has it."""
+
+
+class LedgerCollector(Collector):
+    """Gauges of reconcile's last result and of the Stripe events waiting, read before a scrape."""
+
+    def __init__(self, status: LedgerStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        status = self.status
+        violations = GaugeMetricFamily(
+            "metering_reconcile_violations",
+            "Broken invariants the last `metering reconcile` found (absent before the first).",
+        )
+        reconciled = GaugeMetricFamily(
+            "metering_reconcile_last_run_timestamp_seconds",
+            "When the last `metering reconcile` ran (Unix time).",
+        )
+        if status.reconcile_violations is not None and status.reconciled_at_s is not None:
+            violations.add_metric([], status.reconcile_violations)
+            reconciled.add_metric([], status.reconciled_at_s)
+        unprocessed = GaugeMetricFamily(
+            "metering_stripe_events_unprocessed",
+            "Stored Stripe events not yet processed, by outcome so far (pending: never handled).",
+            labels=["outcome"],
+        )
+        oldest = GaugeMetricFamily(
+            "metering_stripe_events_oldest_unprocessed_seconds",
+            "Since the oldest unprocessed Stripe event of an outcome was received.",
+            labels=["outcome"],
+        )
+        for outcome in sorted({*STRIPE_UNPROCESSED_OUTCOMES, *status.stripe_unprocessed}):
+            unprocessed.add_metric([outcome], status.stripe_unprocessed.get(outcome, 0))
+            oldest.add_metric([outcome], status.stripe_oldest_s.get(outcome, 0.0))
+        yield from (violations, reconciled, unprocessed, oldest)
+
+
+def render(*extra: Collector | None) -> bytes:
+    """The Prometheus text exposition of this host's metrics, plus the `extra` collectors given."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(REGISTRY)
-    if extra is not None:
-        registry.register(extra)
+    for collector in extra:
+        if collector is not None:
+            registry.register(collector)
     return generate_latest(registry)

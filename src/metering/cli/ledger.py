@@ -4,15 +4,19 @@ from dataclasses import asdict
 from decimal import Decimal
 
 import typer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts, ledger
 from metering.cli.app import app
-from metering.cli.common import console, errors, in_database, print_json
+from metering.cli.common import console, errors, in_database, print_json, run
+from metering.ledger_status import record_reconcile
 from metering.pricing.money import USD_PER_CREDIT
 from metering.reconcile import Deletion, Violation, find_deletions, find_violations
+from metering.settings import get_settings
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 
@@ -40,7 +44,8 @@ def seed(as_json: bool = JSON) -> None:
 
 @app.command()
 def reconcile(as_json: bool = JSON) -> None:
-    """Check every balance against its transactions; exit 1 if any invariant is broken.
+    """Check every balance against its transactions; exit 1 if any invariant is broken. The result
+    is recorded in Redis for /metrics.
 
     Usage whose user or experiment the platform deleted is reported apart: not a violation."""
 
@@ -48,6 +53,7 @@ def reconcile(as_json: bool = JSON) -> None:
         return await find_violations(session), await find_deletions(session)
 
     violations, deletions = in_database(work)
+    _record_reconcile(len(violations))
     if as_json:
         print_json(
             {
@@ -71,6 +77,27 @@ def reconcile(as_json: bool = JSON) -> None:
             console.print("reconcile: every balance equals the sum of its transactions")
     if violations:
         raise typer.Exit(1)
+
+
+def _record_reconcile(violations: int) -> None:
+    """Keep the result for /metrics; without Redis the reconcile still reports, with a warning."""
+    settings = get_settings()
+
+    async def main() -> None:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            await record_reconcile(redis, settings.metering_redis_prefix, violations)
+        finally:
+            await redis.aclose()
+
+    try:
+        run(main)
+    except (RedisError, OSError) as error:
+        errors.print(
+            f"[yellow]warning:[/] result not recorded for /metrics: {escape(str(error))}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

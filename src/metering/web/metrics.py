@@ -1,17 +1,20 @@
 """`GET /metrics`: this host's Prometheus metrics plus the usage streams' backlog.
 
 No authentication: Prometheus scrapes it; expose it on an internal network only. Stream gauges
-are read from Redis at each scrape; if Redis does not answer, the other metrics are still served.
+are read from Redis at each scrape, the ledger's (reconcile's last result, Stripe events waiting)
+from Redis and PostgreSQL; if either does not answer, the other metrics are still served.
 """
 
 from fastapi import APIRouter, Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from metering.backlog import read_backlog
+from metering.ledger_status import read_status
 from metering.logs import get_logger
-from metering.metrics import CONTENT_TYPE, StreamCollector, render
+from metering.metrics import CONTENT_TYPE, LedgerCollector, StreamCollector, render
 from metering.web.deps import State
 
 router = APIRouter(tags=["operations"])
@@ -31,8 +34,15 @@ async def metrics(state: State) -> Response:
         collector = backlog.collector()
     except (RedisError, OSError) as error:
         log.warning("stream gauges left out of /metrics: Redis did not answer", error=str(error))
+    ledger: LedgerCollector | None = None
+    try:
+        async with state.sessions() as session:
+            status = await read_status(redis, session, settings.metering_redis_prefix)
+        ledger = LedgerCollector(status)
+    except (RedisError, OSError, SQLAlchemyError) as error:
+        log.warning("ledger gauges left out of /metrics", error=str(error))
     finally:
         await redis.aclose()
     # Reads every process's files in the multiprocess folder: keep it off the event loop.
-    body = await run_in_threadpool(render, collector)
+    body = await run_in_threadpool(render, collector, ledger)
     return Response(body, media_type=CONTENT_TYPE)
