@@ -16,11 +16,12 @@ from metering.db import create_engine, first_line
 from metering.errors import DatabaseNotMigrated, DatabaseUnavailable
 from metering.settings import to_asyncpg_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+"""Alembic's scripts, shipped in the package (package data of the wheel)."""
 
 
 def alembic_config() -> Config:
-    """Alembic's configuration for our `migrations/` folder."""
+    """Alembic's configuration for the package's `migrations/` folder."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
