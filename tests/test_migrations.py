@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering import migrate
 from metering.db import create_engine
+from metering.errors import PermanentError
 from metering.models import Base
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
 
@@ -130,3 +131,57 @@ async def test_prisma_index_and_constraint_names(schema: dict[str, Any]) -> None
         "f",
         'FOREIGN KEY ("userId") REFERENCES "User"(id) ON UPDATE CASCADE ON DELETE SET NULL',
     )
+
+
+async def _scalars(url: str, *statements: str) -> list[Any]:
+    """Run `statements` in one transaction; the first column of the last one's rows."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.execute(text(statement))
+            return list(result.scalars()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+VERSION_TABLES = (
+    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'alembic_version'"
+)
+
+
+async def test_the_version_table_lives_outside_prismas_schema(migrated_database: str) -> None:
+    assert await _scalars(migrated_database, VERSION_TABLES) == ["metering"]
+    head = migrate.head_revision()
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == [head]
+
+
+async def test_upgrade_moves_a_version_table_from_public(migrated_database: str) -> None:
+    # A database migrated while the version table lived in `public`.
+    await _scalars(
+        migrated_database,
+        "ALTER TABLE metering.alembic_version SET SCHEMA public",
+        "DROP SCHEMA metering",
+    )
+    await migrate.upgrade_async(migrated_database)
+    assert await _scalars(migrated_database, VERSION_TABLES) == ["metering"]
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == [migrate.head_revision()]
+    await migrate.downgrade_async(migrated_database, "0001")
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == ["0001"]
+
+
+async def test_upgrade_refuses_two_version_tables(migrated_database: str) -> None:
+    await _scalars(
+        migrated_database,
+        "CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "INSERT INTO public.alembic_version VALUES ('0001')",
+    )
+    with pytest.raises(PermanentError, match=r"both public\.alembic_version and metering"):
+        await migrate.upgrade_async(migrated_database)
+    assert sorted(await _scalars(migrated_database, VERSION_TABLES)) == ["metering", "public"]

@@ -13,11 +13,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from metering.db import create_engine, first_line
-from metering.errors import DatabaseNotMigrated, DatabaseUnavailable
+from metering.errors import DatabaseNotMigrated, DatabaseUnavailable, PermanentError
 from metering.settings import to_asyncpg_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 """Alembic's scripts, shipped in the package (package data of the wheel)."""
+VERSION_SCHEMA = "metering"
+"""Schema of Alembic's version table: ours, beside Prisma's `public`."""
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config() -> Config:
@@ -25,6 +28,25 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+def adopt_version_table(connection: Connection) -> None:
+    """Create schema `metering`, and move a `public.alembic_version` into it (committed).
+
+    Databases migrated while the version table lived in `public` keep their history. Refuses
+    (`PermanentError`) when both tables exist: which one is true is for an operator to say.
+    """
+    with connection.begin_nested() if connection.in_transaction() else connection.begin():
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}"))
+        if connection.scalar(text(f"SELECT to_regclass('public.{VERSION_TABLE}')")) is None:
+            return
+        if connection.scalar(text(f"SELECT to_regclass('{VERSION_SCHEMA}.{VERSION_TABLE}')")):
+            raise PermanentError(
+                f"both public.{VERSION_TABLE} and {VERSION_SCHEMA}.{VERSION_TABLE} exist: keep "
+                f"the one naming the database's true revision and drop the other",
+                code="version_table_conflict",
+            )
+        connection.execute(text(f"ALTER TABLE public.{VERSION_TABLE} SET SCHEMA {VERSION_SCHEMA}"))
 
 
 def head_revision() -> str | None:
@@ -97,10 +119,14 @@ async def check_database(engine: AsyncEngine) -> None:
     """Fail with a one-line error unless the database is reachable and fully migrated."""
     try:
         async with engine.connect() as connection:
-            table = await connection.scalar(text("SELECT to_regclass('public.alembic_version')"))
+            table = await connection.scalar(
+                text(f"SELECT to_regclass('{VERSION_SCHEMA}.{VERSION_TABLE}')")
+            )
             current = None
             if table is not None:
-                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+                current = await connection.scalar(
+                    text(f"SELECT version_num FROM {VERSION_SCHEMA}.{VERSION_TABLE}")
+                )
     except (OSError, DBAPIError) as error:
         raise DatabaseUnavailable(
             f"cannot reach PostgreSQL at {engine.url.render_as_string(hide_password=True)}: "
