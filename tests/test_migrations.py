@@ -1,6 +1,5 @@
 """Migrations agree with the models, run both ways, and create exactly Prisma's schema."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +13,9 @@ from metering import migrate
 from metering.db import create_engine
 from metering.errors import PermanentError
 from metering.models import Base
+from tests.prisma.cli import billing_sql
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
 
-PRISMA_SQL = Path(__file__).parent / "prisma" / "billing_schema.sql"
 ALL_TABLES = (*PLATFORM_TABLES, "UnbilledUsage", "StripeEvent")
 
 
@@ -46,7 +45,7 @@ async def _run_prisma_sql(url: str) -> None:
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.begin() as connection:
-            for statement in PRISMA_SQL.read_text().split(";"):
+            for statement in billing_sql().split(";"):
                 body = "\n".join(
                     line for line in statement.splitlines() if not line.startswith("--")
                 ).strip()
