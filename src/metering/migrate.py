@@ -109,29 +109,36 @@ async def ensure_database(database_url: str) -> bool:
             return True
     except (OSError, DBAPIError) as error:
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {url.host}:{url.port}: {first_line(error)}"
+            f"cannot reach PostgreSQL at {url.host}:{url.port or 5432}: {first_line(error)}; "
+            "check DATABASE_URL and that PostgreSQL is running"
         ) from error
     finally:
         await engine.dispose()
 
 
-async def check_database(engine: AsyncEngine) -> None:
-    """Fail with a one-line error unless the database is reachable and fully migrated."""
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's migration (None if it has none); `DatabaseUnavailable` if out of reach."""
     try:
         async with engine.connect() as connection:
             table = await connection.scalar(
                 text(f"SELECT to_regclass('{VERSION_SCHEMA}.{VERSION_TABLE}')")
             )
-            current = None
-            if table is not None:
-                current = await connection.scalar(
-                    text(f"SELECT version_num FROM {VERSION_SCHEMA}.{VERSION_TABLE}")
-                )
+            if table is None:
+                return None
+            current = await connection.scalar(
+                text(f"SELECT version_num FROM {VERSION_SCHEMA}.{VERSION_TABLE}")
+            )
+            return str(current) if current is not None else None
     except (OSError, DBAPIError) as error:
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {engine.url.render_as_string(hide_password=True)}: "
-            f"{first_line(error)}"
+            f"cannot reach PostgreSQL at {engine.url.host}:{engine.url.port or 5432}: "
+            f"{first_line(error)}; check DATABASE_URL and that PostgreSQL is running"
         ) from error
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Fail with a one-line error unless the database is reachable and fully migrated."""
+    current = await current_revision(engine)
     head = head_revision()
     if current != head:
         raise DatabaseNotMigrated(

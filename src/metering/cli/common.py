@@ -4,6 +4,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -21,10 +22,89 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
+
+
+def operator_error(error: BaseException) -> str | None:
+    """The one line an operator needs for an error of the environment, or None for a bug.
+
+    Covers bad settings (a URL of the wrong scheme), PostgreSQL or Redis out of reach, and a
+    database without our tables, from whichever command and library raised them. The libraries
+    are imported here, after the error: commands that never fail this way never load them.
+    """
+    from pydantic import ValidationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from metering.db import sqlstate
+
+    for cause in _causes(error):
+        if isinstance(cause, MeteringError):
+            return f"{cause} [{cause.code}]"
+        if isinstance(cause, ValidationError):
+            return "; ".join(
+                f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                for e in cause.errors()
+            )
+        if sqlstate(cause) in UNMIGRATED_SQLSTATES:
+            return (
+                f"the database lacks metering's tables: run `metering db upgrade` ({_line(cause)})"
+            )
+        if isinstance(cause, RedisConnectionError | RedisTimeoutError) or (
+            isinstance(cause, OSError) and _raised_in(error, ("redis", "kombu", "celery"))
+        ):
+            return (
+                f"cannot reach Redis at {_address(get_settings().redis_url, 6379)}: "
+                f"{_line(cause)}; check REDIS_URL and that Redis is running"
+            )
+        if isinstance(cause, OSError) and _raised_in(error, ("asyncpg", "sqlalchemy")):
+            return (
+                f"cannot reach PostgreSQL at {_address(get_settings().database_url, 5432)}: "
+                f"{_line(cause)}; check DATABASE_URL and that PostgreSQL is running"
+            )
+    return None
+
+
+UNMIGRATED_SQLSTATES = frozenset({"42P01", "3F000"})
+"""Undefined table, undefined schema."""
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _raised_in(error: BaseException, packages: tuple[str, ...]) -> bool:
+    """True if a frame of `error`'s traceback (or its causes') is in one of `packages`."""
+    for cause in _causes(error):
+        traceback = cause.__traceback__
+        while traceback is not None:
+            module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+            if module.split(".", 1)[0] in packages:
+                return True
+            traceback = traceback.tb_next
+    return False
+
+
+def _address(url: str, default_port: int) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
+
+
+def _line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
