@@ -110,3 +110,17 @@ def test_prisma_migrate_dev_sees_no_drift_on_the_shared_database(
     assert result.returncode == 0, output
     assert "Already in sync" in output
     assert "Drift detected" not in output
+
+
+def test_upgrade_adopts_a_database_prismas_migrations_made(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # A platform developer's database: `prisma migrate dev` applied our migration too.
+    workspace = Workspace(tmp_path, empty_database)
+    workspace.add_migration(PLATFORM_MIGRATION, billing_sql())
+    for migration in our_migrations():
+        workspace.add_migration(migration.name, (migration / "migration.sql").read_text())
+    deployed = workspace.run("migrate", "deploy")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    migrate.upgrade(empty_database)
+    assert what_prisma_would_change(workspace) == EMPTY_DIFF
