@@ -1,20 +1,24 @@
-"""What every command shares: settings, a database session, and one-line errors."""
+"""What every command shares: settings, a database session, and one-line errors.
 
-import asyncio
+Cheap to import: SQLAlchemy, Alembic and the settings are loaded by the functions that use them,
+so a command that needs none of them starts without them.
+"""
+
+from __future__ import annotations
+
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.db import create_engine, make_sessionmaker, run_in_transaction
 from metering.errors import MeteringError
-from metering.migrate import check_database
-from metering.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
 
@@ -44,6 +48,7 @@ def operator_error(error: BaseException) -> str | None:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from metering.db import sqlstate
+    from metering.settings import get_settings
 
     for cause in _causes(error):
         if isinstance(cause, MeteringError):
@@ -109,6 +114,8 @@ def _line(error: BaseException) -> str:
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body; a `MeteringError` becomes a one-line error and exit status 2."""
+    import asyncio
+
     try:
         return asyncio.run(_run(main))
     except MeteringError as error:
@@ -121,6 +128,9 @@ async def _run(main: Callable[[], Awaitable[T]]) -> T:
 
 def in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one transaction on the configured, migrated database."""
+    from metering.db import create_engine, make_sessionmaker, run_in_transaction
+    from metering.migrate import check_database
+    from metering.settings import get_settings
 
     async def main() -> T:
         engine = create_engine(get_settings().database_url, pool_size=1)
