@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from metering.db import create_engine, make_sessionmaker, session_scope
+from tests.conftest import REDIS_URL
 from tests.factories import drop_database, server_database_url
 from tests.usage_data import charge_events, event
 
@@ -261,3 +262,96 @@ async def test_reconcile_reports_a_deleted_owner_apart_from_violations(
     assert f"experiment exp-gone: creditsUsed = {used + 1} but its usage sums to {used}" in (
         broken.stderr
     )
+
+
+# Every command that touches PostgreSQL or Redis, with arguments that get it that far.
+TOKENS = ("--input-tokens", "1", "--output-tokens", "1")
+DATABASE_COMMANDS = [
+    ("seed",),
+    ("reconcile",),
+    ("balance", "test@example.com"),
+    ("transactions", "test@example.com"),
+    ("usage", "--user", "test@example.com"),
+    ("refund", "exp-none", "--credits", "5", "--reason", "x", "--key", "k", "--operator", "o"),
+    (
+        "adjust",
+        "test@example.com",
+        "--credits",
+        "5",
+        "--reason",
+        "x",
+        "--key",
+        "k",
+        "--operator",
+        "o",
+    ),
+    ("stripe", "events"),
+    ("stripe", "replay", "evt_none"),
+]
+MIGRATING_COMMANDS = [("db", "upgrade"), ("db", "downgrade"), ("demo", "--seconds", "0.1")]
+REDIS_COMMANDS = [
+    ("status",),
+    ("dlq", "list"),
+    ("dlq", "replay"),
+    ("emit", "--experiment", "e", "--provider", "openai", "--model", "gpt-4o-mini", *TOKENS),
+    ("demo", "--seconds", "0.1"),
+]
+UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/nowhere"
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+
+
+def run_cli(args: tuple[str, ...], **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [METERING, *args],
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("args", [*DATABASE_COMMANDS, *MIGRATING_COMMANDS])
+def test_unreachable_database_is_one_line_for_every_command(args: tuple[str, ...]) -> None:
+    result = run_cli(args, DATABASE_URL=UNREACHABLE_DATABASE, REDIS_URL=REDIS_URL)
+    assert_one_line_error(result, "cannot reach PostgreSQL", "127.0.0.1:1", "DATABASE_URL")
+
+
+@pytest.mark.parametrize("args", [*DATABASE_COMMANDS, *MIGRATING_COMMANDS])
+def test_wrong_database_url_scheme_is_one_line_for_every_command(args: tuple[str, ...]) -> None:
+    result = run_cli(args, DATABASE_URL="mysql://root@127.0.0.1/metering", REDIS_URL=REDIS_URL)
+    assert_one_line_error(result, "DATABASE_URL", "postgresql://", "mysql://")
+
+
+@pytest.mark.parametrize("args", [*DATABASE_COMMANDS, ("db", "downgrade")])
+def test_unmigrated_database_is_one_line_for_every_command(
+    empty_database: str, args: tuple[str, ...]
+) -> None:
+    result = run_cli(args, DATABASE_URL=empty_database, REDIS_URL=REDIS_URL)
+    assert_one_line_error(result, "metering db upgrade")
+
+
+@pytest.mark.parametrize("args", REDIS_COMMANDS)
+def test_unreachable_redis_is_one_line_for_every_command(
+    database_url: str, args: tuple[str, ...]
+) -> None:
+    result = run_cli(args, DATABASE_URL=database_url, REDIS_URL=UNREACHABLE_REDIS)
+    assert_one_line_error(result, "cannot reach Redis", "127.0.0.1:1", "REDIS_URL")
+
+
+# `stripe replay` reaches Redis only after processing a stored event; its settings come first.
+@pytest.mark.parametrize("args", [*REDIS_COMMANDS, ("stripe", "replay", "evt_none")])
+def test_wrong_redis_url_scheme_is_one_line_for_every_command(
+    database_url: str, args: tuple[str, ...]
+) -> None:
+    result = run_cli(args, DATABASE_URL=database_url, REDIS_URL="http://127.0.0.1:6379/0")
+    assert_one_line_error(result, "REDIS_URL", "redis://", "http://")

@@ -2,7 +2,6 @@
 
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,16 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering import ledger, migrate
 from metering.db import create_engine, make_sessionmaker, session_scope
+from metering.errors import PermanentError
 from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.models import Base, CreditTransaction, TransactionType, UsageCall, User
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
 from tests.pipeline.helpers import event, raw
+from tests.prisma.cli import billing_sql
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
 from tests.usage_data import charge_events
 
-PRISMA_SQL = Path(__file__).parent / "prisma" / "billing_schema.sql"
 ALL_TABLES = (
     *PLATFORM_TABLES,
     "UnbilledUsage",
@@ -59,7 +59,7 @@ async def _run_prisma_sql(url: str) -> None:
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.begin() as connection:
-            for statement in PRISMA_SQL.read_text().split(";"):
+            for statement in billing_sql().split(";"):
                 body = "\n".join(
                     line for line in statement.splitlines() if not line.startswith("--")
                 ).strip()
@@ -160,6 +160,18 @@ async def _execute(url: str, statement: str, params: dict[str, Any] | None = Non
     try:
         async with engine.begin() as connection:
             await connection.execute(text(statement), params or {})
+    finally:
+        await engine.dispose()
+
+
+async def _scalars(url: str, *statements: str) -> list[Any]:
+    """Run `statements` in one transaction; the first column of the last one's rows."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.execute(text(statement))
+            return list(result.scalars()) if result.returns_rows else []
     finally:
         await engine.dispose()
 
@@ -311,3 +323,45 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
     finally:
         await engine.dispose()
     assert bare == {"cs_old", "ch_old:refunded:100", "ticket-1", None, owned_charge.event_id}
+
+
+VERSION_TABLES = (
+    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'alembic_version'"
+)
+
+
+async def test_the_version_table_lives_outside_prismas_schema(migrated_database: str) -> None:
+    assert await _scalars(migrated_database, VERSION_TABLES) == ["metering"]
+    head = migrate.head_revision()
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == [head]
+
+
+async def test_upgrade_moves_a_version_table_from_public(migrated_database: str) -> None:
+    # A database migrated while the version table lived in `public`.
+    await _scalars(
+        migrated_database,
+        "ALTER TABLE metering.alembic_version SET SCHEMA public",
+        "DROP SCHEMA metering",
+    )
+    await migrate.upgrade_async(migrated_database)
+    assert await _scalars(migrated_database, VERSION_TABLES) == ["metering"]
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == [migrate.head_revision()]
+    await migrate.downgrade_async(migrated_database, "0001")
+    assert await _scalars(
+        migrated_database, "SELECT version_num FROM metering.alembic_version"
+    ) == ["0001"]
+
+
+async def test_upgrade_refuses_two_version_tables(migrated_database: str) -> None:
+    await _scalars(
+        migrated_database,
+        "CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "INSERT INTO public.alembic_version VALUES ('0001')",
+    )
+    with pytest.raises(PermanentError, match=r"both public\.alembic_version and metering"):
+        await migrate.upgrade_async(migrated_database)
+    assert sorted(await _scalars(migrated_database, VERSION_TABLES)) == ["metering", "public"]

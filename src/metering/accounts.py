@@ -5,13 +5,13 @@ Corrections go through the ledger like everything else that moves credits.
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
 from metering.errors import PermanentError
-from metering.models import MAACExperiment, TransactionType, User
+from metering.models import CreditTransaction, MAACExperiment, TransactionType, User
 
 SEED_EMAIL = "test@example.com"
 SEED_NAME = "Test User"
@@ -67,8 +67,37 @@ async def ensure_user(session: AsyncSession, email: str, name: str | None = None
 
 
 async def seed(session: AsyncSession) -> ledger.PostedTransaction:
-    """The platform's seed: test@example.com with 10,000 purchased credits. Safe to run again."""
+    """The platform's seed: test@example.com with 10,000 purchased credits. Safe to run again.
+
+    The platform's own Prisma seed writes the same user and purchase, without an idempotency key.
+    The seed purchase is therefore recognised by its user and Stripe payment id, whoever wrote
+    it: run in either order, the two seeds leave one PURCHASE row and 10,000 credits. An existing
+    purchase comes back with `created` False (its stored key, or "" for the platform's row).
+    """
     user_id = await ensure_user(session, SEED_EMAIL, SEED_NAME)
+    # Held until commit, so that two seeds running at once cannot both find no purchase.
+    await session.execute(
+        text('SELECT 1 FROM "User" WHERE id = :id FOR NO KEY UPDATE'), {"id": user_id}
+    )
+    existing = await session.scalar(
+        select(CreditTransaction)
+        .where(
+            CreditTransaction.user_id == user_id,
+            CreditTransaction.type == TransactionType.PURCHASE,
+            CreditTransaction.stripe_payment_id == SEED_PAYMENT_ID,
+        )
+        .order_by(CreditTransaction.created_at, CreditTransaction.id)
+        .limit(1)
+    )
+    if existing is not None:
+        return ledger.PostedTransaction(
+            transaction_id=existing.id,
+            idempotency_key=existing.idempotency_key or "",
+            user_id=user_id,
+            type=existing.type,
+            amount=existing.amount,
+            created=False,
+        )
     return await ledger.post(
         session,
         ledger.Posting(

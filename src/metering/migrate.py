@@ -13,17 +13,40 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from metering.db import create_engine, first_line
-from metering.errors import DatabaseNotMigrated, DatabaseUnavailable
+from metering.errors import DatabaseNotMigrated, DatabaseUnavailable, PermanentError
 from metering.settings import to_asyncpg_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+"""Alembic's scripts, shipped in the package (package data of the wheel)."""
+VERSION_SCHEMA = "metering"
+"""Schema of Alembic's version table: ours, beside Prisma's `public`."""
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config() -> Config:
-    """Alembic's configuration for our `migrations/` folder."""
+    """Alembic's configuration for the package's `migrations/` folder."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+def adopt_version_table(connection: Connection) -> None:
+    """Create schema `metering`, and move a `public.alembic_version` into it (committed).
+
+    Databases migrated while the version table lived in `public` keep their history. Refuses
+    (`PermanentError`) when both tables exist: which one is true is for an operator to say.
+    """
+    with connection.begin_nested() if connection.in_transaction() else connection.begin():
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}"))
+        if connection.scalar(text(f"SELECT to_regclass('public.{VERSION_TABLE}')")) is None:
+            return
+        if connection.scalar(text(f"SELECT to_regclass('{VERSION_SCHEMA}.{VERSION_TABLE}')")):
+            raise PermanentError(
+                f"both public.{VERSION_TABLE} and {VERSION_SCHEMA}.{VERSION_TABLE} exist: keep "
+                f"the one naming the database's true revision and drop the other",
+                code="version_table_conflict",
+            )
+        connection.execute(text(f"ALTER TABLE public.{VERSION_TABLE} SET SCHEMA {VERSION_SCHEMA}"))
 
 
 def head_revision() -> str | None:
@@ -86,25 +109,36 @@ async def ensure_database(database_url: str) -> bool:
             return True
     except (OSError, DBAPIError) as error:
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {url.host}:{url.port}: {first_line(error)}"
+            f"cannot reach PostgreSQL at {url.host}:{url.port or 5432}: {first_line(error)}; "
+            "check DATABASE_URL and that PostgreSQL is running"
         ) from error
     finally:
         await engine.dispose()
 
 
-async def check_database(engine: AsyncEngine) -> None:
-    """Fail with a one-line error unless the database is reachable and fully migrated."""
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's migration (None if it has none); `DatabaseUnavailable` if out of reach."""
     try:
         async with engine.connect() as connection:
-            table = await connection.scalar(text("SELECT to_regclass('public.alembic_version')"))
-            current = None
-            if table is not None:
-                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            table = await connection.scalar(
+                text(f"SELECT to_regclass('{VERSION_SCHEMA}.{VERSION_TABLE}')")
+            )
+            if table is None:
+                return None
+            current = await connection.scalar(
+                text(f"SELECT version_num FROM {VERSION_SCHEMA}.{VERSION_TABLE}")
+            )
+            return str(current) if current is not None else None
     except (OSError, DBAPIError) as error:
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {engine.url.render_as_string(hide_password=True)}: "
-            f"{first_line(error)}"
+            f"cannot reach PostgreSQL at {engine.url.host}:{engine.url.port or 5432}: "
+            f"{first_line(error)}; check DATABASE_URL and that PostgreSQL is running"
         ) from error
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Fail with a one-line error unless the database is reachable and fully migrated."""
+    current = await current_revision(engine)
     head = head_revision()
     if current != head:
         raise DatabaseNotMigrated(

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -73,6 +75,18 @@ class Settings(BaseSettings):
     metering_drain_budget_s: float = Field(default=10, gt=0)
     """A drain task reads for at most this long, then hands over to a fresh task."""
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        _check_scheme("DATABASE_URL", value, POSTGRESQL_SCHEMES)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        _check_scheme("REDIS_URL", value, REDIS_SCHEMES)
+        return value
+
     @field_validator("metering_markup", "metering_platform_fee_usd_per_million", mode="before")
     @classmethod
     def _no_float(cls, value: object) -> object:
@@ -101,6 +115,15 @@ class Settings(BaseSettings):
         return to_asyncpg_url(self.database_url)
 
 
+def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    if scheme not in schemes:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        raise ValueError(
+            f"{name} must be a {wanted} URL, not {f'{scheme}://' if scheme else url!r}"
+        )
+
+
 def to_asyncpg_url(url: str) -> str:
     """Turn a Prisma-style `postgresql://...?schema=public` URL into SQLAlchemy's asyncpg form.
 
@@ -109,7 +132,7 @@ def to_asyncpg_url(url: str) -> str:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
-    if scheme not in ("postgres", "postgresql"):
+    if scheme not in POSTGRESQL_SCHEMES:
         raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {scheme}://")
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "schema"]
     return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))

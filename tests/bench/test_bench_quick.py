@@ -16,8 +16,8 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench import ceiling, environment, verify, workload
 from metering import ledger
+from metering.bench import ceiling, environment, verify, workload
 from metering.db import session_scope
 from tests.conftest import REDIS_URL
 from tests.factories import SERVER_URL

@@ -1,10 +1,8 @@
 """`metering bench`: the benchmark of the pipeline against its ceiling and the naive design.
 
-The benchmark lives in the source checkout's `bench/` package (it starts Celery workers of its own
-naive app, which is no part of the service), so this command needs the checkout.
+The benchmark is the `metering.bench` package; it needs the `bench` extra (psutil, py-spy).
 """
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +11,6 @@ import typer
 from metering.cli.app import app
 from metering.cli.common import console, errors, fail, print_json, run
 
-CHECKOUT = Path(__file__).resolve().parents[3]
 PROFILE = typer.Option(
     None,
     help="Sample the usage worker with py-spy during the full-speed phase into this file "
@@ -47,12 +44,12 @@ def bench(
 
     Uses the PostgreSQL server of DATABASE_URL and the Redis of REDIS_URL, in a fresh database and
     key prefix that are removed afterwards. Exits 1 if any event was not charged exactly once."""
-    if not (CHECKOUT / "bench" / "run.py").is_file():
-        fail(f"the benchmark needs the source checkout; {CHECKOUT / 'bench'} is missing")
-    sys.path.insert(0, str(CHECKOUT))
-    from bench.report import exactly_once, text
-    from bench.run import Options
-    from bench.run import run as run_bench
+    try:
+        from metering.bench.report import exactly_once, text
+        from metering.bench.run import Options
+        from metering.bench.run import run as run_bench
+    except ModuleNotFoundError as error:
+        fail(f"metering bench needs {error.name}: pip install 'metering[bench]'")
 
     options = Options.quick() if quick else Options(events, naive_events, backlog)
     options = replace(options, shards=shards, concurrency=concurrency, batch_size=batch_size)

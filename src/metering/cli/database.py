@@ -4,7 +4,8 @@ import typer
 
 from metering import migrate
 from metering.cli.app import app
-from metering.cli.common import console, run
+from metering.cli.common import console, fail, run
+from metering.db import create_engine
 from metering.settings import get_settings
 
 db = typer.Typer(help="Apply or roll back database migrations.", no_args_is_help=True)
@@ -30,5 +31,19 @@ def downgrade(
     revision: str = typer.Argument("-1", help="Target revision (base for none)."),
 ) -> None:
     """Roll the database back to REVISION (one step by default)."""
-    migrate.downgrade(get_settings().database_url, revision)
+    url = get_settings().database_url
+
+    async def main() -> str | None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    if run(main) is None:
+        fail(
+            f"database {migrate.database_name(url)!r} has no migration to roll back "
+            "(`metering db upgrade` migrates it)"
+        )
+    migrate.downgrade(url, revision)
     console.print(f"database rolled back to {revision}")

@@ -24,8 +24,15 @@ depends_on: str | Sequence[str] | None = None
 TIMESTAMP_MS = postgresql.TIMESTAMP(precision=3)
 
 
+def _created_by_prisma() -> bool:
+    """Prisma's migration of our additions (prisma/migrations/) made this revision's schema."""
+    return sa.inspect(op.get_bind()).has_table("StripeCheckoutSession")
+
+
 def upgrade() -> None:
-    op.add_column("StripeEvent", sa.Column("paymentIntent", sa.Text(), nullable=True))
+    prisma_made = _created_by_prisma()
+    if not prisma_made:
+        op.add_column("StripeEvent", sa.Column("paymentIntent", sa.Text(), nullable=True))
     # A reference Stripe sent expanded is an object holding the id.
     op.execute(
         """
@@ -35,6 +42,8 @@ def upgrade() -> None:
         WHERE jsonb_typeof(payload->'data'->'object'->'payment_intent') IN ('string', 'object')
         """
     )
+    if prisma_made:
+        return
     op.create_index("StripeEvent_paymentIntent_idx", "StripeEvent", ["paymentIntent"])
 
     op.create_table(

@@ -16,9 +16,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from bench.ceiling import price
-from bench.workload import USER_CREDITS, Population, Workload
 from metering import ledger
+from metering.bench.ceiling import price
+from metering.bench.workload import USER_CREDITS, Population, Workload
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
 

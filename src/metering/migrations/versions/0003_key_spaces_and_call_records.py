@@ -75,7 +75,38 @@ _CALL_COLUMNS = (
 )
 
 
+def _created_by_prisma() -> bool:
+    """Prisma's migration of our additions (prisma/migrations/) made the table; keys still move."""
+    return sa.inspect(op.get_bind()).has_table("UsageCall")
+
+
 def upgrade() -> None:
+    if not _created_by_prisma():
+        _create_call_records()
+    # Before the keys change: a USAGE row's key is still its event id here.
+    op.execute(
+        f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
+        f'SELECT "idempotencyKey", "experimentId", "userId", {_CALL_FACTS} '
+        'FROM "CreditTransaction" WHERE type = \'USAGE\' AND "experimentId" IS NOT NULL '
+        'AND "idempotencyKey" IS NOT NULL ON CONFLICT ("eventId") DO NOTHING'
+    )
+    op.execute(
+        f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
+        f'SELECT "eventId", "experimentId", NULL, {_CALL_FACTS} FROM "UnbilledUsage" '
+        # An event recorded in both tables is a violation reconcile reports; keep the first.
+        'ON CONFLICT ("eventId") DO NOTHING'
+    )
+
+    # Without the unique index while keys move, so that no intermediate state can collide.
+    op.drop_index(KEY_INDEX, table_name="CreditTransaction")
+    op.execute(
+        f'UPDATE "CreditTransaction" SET "idempotencyKey" = {_KIND} || \':\' || "idempotencyKey" '
+        'WHERE "idempotencyKey" IS NOT NULL'
+    )
+    op.create_index(KEY_INDEX, "CreditTransaction", ["idempotencyKey"], unique=True)
+
+
+def _create_call_records() -> None:
     op.create_table(
         "UsageCall",
         sa.Column("eventId", sa.Text(), nullable=False),
@@ -99,28 +130,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("eventId", name="UsageCall_pkey"),
     )
-    # Before the keys change: a USAGE row's key is still its event id here.
-    op.execute(
-        f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
-        f'SELECT "idempotencyKey", "experimentId", "userId", {_CALL_FACTS} '
-        'FROM "CreditTransaction" WHERE type = \'USAGE\' AND "experimentId" IS NOT NULL '
-        'AND "idempotencyKey" IS NOT NULL'
-    )
-    op.execute(
-        f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
-        f'SELECT "eventId", "experimentId", NULL, {_CALL_FACTS} FROM "UnbilledUsage" '
-        # An event recorded in both tables is a violation reconcile reports; keep the first.
-        'ON CONFLICT ("eventId") DO NOTHING'
-    )
     op.create_index("UsageCall_experimentId_idx", "UsageCall", ["experimentId"])
-
-    # Without the unique index while keys move, so that no intermediate state can collide.
-    op.drop_index(KEY_INDEX, table_name="CreditTransaction")
-    op.execute(
-        f'UPDATE "CreditTransaction" SET "idempotencyKey" = {_KIND} || \':\' || "idempotencyKey" '
-        'WHERE "idempotencyKey" IS NOT NULL'
-    )
-    op.create_index(KEY_INDEX, "CreditTransaction", ["idempotencyKey"], unique=True)
 
 
 def downgrade() -> None:

@@ -4,7 +4,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from bench.pipeline import PipelineRun, RssSample
+from metering.bench.pipeline import PipelineRun, RssSample
 
 TARGETS = {
     "pipeline_over_naive": 20.0,

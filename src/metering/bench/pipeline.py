@@ -24,10 +24,10 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from bench import environment
-from bench.environment import Services
-from bench.workload import Workload
 from metering import keys
+from metering.bench import environment
+from metering.bench.environment import Services
+from metering.bench.workload import Workload
 
 POLL_S = 0.01
 CHUNK = 500

@@ -11,8 +11,8 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.workload import Workload
 from metering import ledger
+from metering.bench.workload import Workload
 from metering.db import create_engine, make_sessionmaker, run_in_transaction
 from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.pricing import get_catalog

@@ -28,7 +28,7 @@ from metering.settings import Settings, get_settings
 from metering.tasks import runtime
 
 QUEUE = "naive"
-TASK = "bench.naive.charge_one"
+TASK = "metering.bench.naive.charge_one"
 READY = "naive worker ready"
 
 

@@ -5,6 +5,9 @@
 - UnbilledUsage: usage of experiments without a user, recorded once per event;
 - StripeEvent: every Stripe webhook event received, processed exactly once.
 
+On a database where the platform's Prisma already applied the same additions (our Prisma
+migration in prisma/migrations/, in one transaction), this revision changes nothing.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-23
@@ -25,7 +28,13 @@ TIMESTAMP_MS = postgresql.TIMESTAMP(precision=3)
 JSONB = postgresql.JSONB(astext_type=sa.Text())
 
 
+def _created_by_prisma() -> bool:
+    return sa.inspect(op.get_bind()).has_table("StripeEvent")
+
+
 def upgrade() -> None:
+    if _created_by_prisma():
+        return
     op.add_column("CreditTransaction", sa.Column("idempotencyKey", sa.Text(), nullable=True))
     op.add_column("CreditTransaction", sa.Column("experimentId", sa.Text(), nullable=True))
     op.create_index(

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy import bindparam, func, select
 
-from bench import environment
-from bench.environment import Services
-from bench.naive_app import QUEUE, READY, TASK, make_app
-from bench.workload import Workload
+from metering.bench import environment
+from metering.bench.environment import Services
+from metering.bench.naive_app import QUEUE, READY, TASK, make_app
+from metering.bench.workload import Workload
 from metering.db import create_engine, make_sessionmaker
 from metering.models import CreditTransaction
 
@@ -42,7 +42,9 @@ async def run(services: Services, work: Workload, concurrency: int, timeout_s: f
             started.append(
                 environment.start(
                     "naive-worker",
-                    environment.worker_command("bench.naive_app", QUEUE, concurrency, "naive"),
+                    environment.worker_command(
+                        "metering.bench.naive_app", QUEUE, concurrency, "naive"
+                    ),
                     services.environment(),
                     ready_marker=READY,
                 )

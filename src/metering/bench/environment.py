@@ -16,20 +16,17 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 from redis import Redis
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from bench.workload import USER_CREDITS, Population
 from metering import ledger, migrate
+from metering.bench.workload import USER_CREDITS, Population
 from metering.models import MAACExperiment, TransactionType, User
 from metering.settings import to_asyncpg_url
 
-ROOT = Path(__file__).resolve().parents[1]
-"""The source checkout: `bench` and `metering` are importable from here (and from `src`)."""
 READY_TIMEOUT_S = 90.0
 
 
@@ -43,14 +40,12 @@ class Services:
     redis_prefix: str
 
     def environment(self, **extra: str) -> dict[str, str]:
-        """Environment of a child process: this run's database and keys, the checkout importable."""
-        path = os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        """Environment of a child process: this run's database and keys."""
         return {
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "CELERY_BROKER_URL": self.redis_url,
             "METERING_REDIS_PREFIX": self.redis_prefix,
-            "PYTHONPATH": path.rstrip(os.pathsep),
             **extra,
         }
 
@@ -175,7 +170,6 @@ def start(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
-        cwd=ROOT,
         start_new_session=True,
     )
     child = Child(name, process)

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import environment
+from metering.bench import environment
 
 LIBRARIES = (
     ("(pydantic", "validation (pydantic)"),
@@ -93,10 +93,10 @@ def _library(frames: list[str]) -> str:
 
 
 def _ours(frames: list[str]) -> str:
-    """The innermost frame in our package or the benchmark: `module.function`."""
+    """The innermost frame in our package (the benchmark included): `module.function`."""
     for frame in reversed(frames):
         function, _, place = frame.partition(" (")
-        if place.startswith(("metering/", "bench/")):
+        if place.startswith("metering/"):
             module = place.split(":")[0].removesuffix(".py").replace("/", ".")
             return f"{module}.{function}"
     return "(outside our code: Celery, kombu, event loop)"

@@ -21,10 +21,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench import ceiling, environment, naive, pipeline, profile, report, verify, workload
-from bench.environment import Services
-from bench.pipeline import PipelineSettings, RssSampler
 from metering import keys
+from metering.bench import ceiling, environment, naive, pipeline, profile, report, verify, workload
+from metering.bench.environment import Services
+from metering.bench.pipeline import PipelineSettings, RssSampler
 from metering.db import create_engine, make_sessionmaker, session_scope
 from metering.settings import get_settings
 
