@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import keys
 from metering.errors import PermanentError, TransientError
 from metering.models import User
+from metering.redis_client import AsyncRedis
 
 SIGNATURE_HEADER = "Metering-Signature"
 ALERT_ID_HEADER = "Metering-Alert-Id"
@@ -54,7 +54,7 @@ class LowBalanceAlert:
 
 
 async def note_balances(
-    redis: Redis, prefix: str, balances: Mapping[str, int], threshold: int
+    redis: AsyncRedis, prefix: str, balances: Mapping[str, int], threshold: int
 ) -> list[LowBalanceAlert]:
     """Record which users are low and publish an alert for each new crossing; re-arm the users
     seen above the threshold. One round trip, two with alerts to publish. Returns the new alerts."""
@@ -88,7 +88,7 @@ async def note_balances(
 
 
 async def rearm_if_recovered(
-    redis: Redis,
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     prefix: str,
     user_id: str,

@@ -4,10 +4,9 @@ both show it."""
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from metering import keys
 from metering.metrics import StreamCollector, StreamStats
+from metering.redis_client import AsyncRedis
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class Backlog:
         return StreamCollector(self.streams, self.dead_letters)
 
 
-async def read_backlog(redis: Redis, prefix: str, shards: int) -> Backlog:
+async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
     """Two round trips, pipelined, whatever the shard count; a stream not yet created reads as
     empty (XINFO GROUPS on a missing key is an error, hence the EXISTS guard)."""
     streams = keys.usage_streams(prefix, shards)

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 from sqlalchemy import bindparam, select, text
@@ -46,6 +45,7 @@ from metering.ingest import (
 )
 from metering.models import MAACExperiment
 from metering.pricing import Catalog, get_catalog
+from metering.redis_client import AsyncRedis
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class _Charged:
     duplicates: int = 0
 
 
-async def ensure_group(redis: Redis, stream: str) -> None:
+async def ensure_group(redis: AsyncRedis, stream: str) -> None:
     """Create the consumer group (and the stream) if missing; it starts at the stream's start."""
     try:
         await redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
@@ -171,7 +171,7 @@ async def ensure_group(redis: Redis, stream: str) -> None:
 
 
 async def read_new(
-    redis: Redis, stream: str, count: int, block_ms: int | None = None
+    redis: AsyncRedis, stream: str, count: int, block_ms: int | None = None
 ) -> list[Entry]:
     """Up to `count` entries never delivered before (XREADGROUP >); when there are none, waits
     up to `block_ms` for some (not at all when None)."""
@@ -184,7 +184,7 @@ async def read_new(
 
 
 async def claim_stalled(
-    redis: Redis, stream: str, min_idle_ms: int, count: int, cursor: str = "0-0"
+    redis: AsyncRedis, stream: str, min_idle_ms: int, count: int, cursor: str = "0-0"
 ) -> tuple[str, list[Entry]]:
     """Claim entries pending longer than `min_idle_ms` (XAUTOCLAIM), with their delivery counts.
 
@@ -208,7 +208,7 @@ async def claim_stalled(
 
 
 async def process_batch(
-    redis: Redis,
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     config: DrainConfig,
     entries: Sequence[Entry],
@@ -428,7 +428,7 @@ async def _conflicts(
 
 
 async def _halt_low_balances(
-    redis: Redis,
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     config: DrainConfig,
     outcome: ledger.UsageOutcome,
@@ -456,33 +456,35 @@ async def _halt_low_balances(
 
 
 async def _dead_letter_and_ack(
-    redis: Redis,
+    redis: AsyncRedis,
     prefix: str,
     stream: str,
     dead: Sequence[DeadLetter],
     waiting: set[str],
     entries: Sequence[Entry],
 ) -> None:
-    """Dead letters are added before the acknowledgements, in one round trip: a crash in between
-    can only dead-letter an entry twice, never lose it."""
+    """Dead letters are added before the acknowledgements, in a round trip of their own (on a
+    cluster the two streams may live on different nodes, and a pipeline across nodes keeps no
+    order): a failure in between can only dead-letter an entry twice, never lose it."""
     to_ack = [e.entry_id for e in entries if e.entry_id not in waiting]
-    if not dead and not to_ack:
-        return
-    dead_at = datetime.now(UTC).isoformat()
-    position = {e.entry_id: i for i, e in enumerate(entries)}
-    async with redis.pipeline(transaction=False) as pipe:
-        for letter in sorted(dead, key=lambda d: position[d.entry.entry_id]):
-            log.warning(
-                "dead-lettered %s %s: %s: %s",
-                letter.entry.stream,
-                letter.entry.entry_id,
-                letter.reason,
-                letter.detail,
-            )
-            pipe.xadd(keys.dead_letter_stream(prefix), dict(dead_letter_fields(letter, dead_at)))
-        if to_ack:
-            pipe.xack(stream, keys.CONSUMER_GROUP, *to_ack)
-        await pipe.execute()
+    if dead:
+        dead_at = datetime.now(UTC).isoformat()
+        position = {e.entry_id: i for i, e in enumerate(entries)}
+        async with redis.pipeline(transaction=False) as pipe:
+            for letter in sorted(dead, key=lambda d: position[d.entry.entry_id]):
+                log.warning(
+                    "dead-lettered %s %s: %s: %s",
+                    letter.entry.stream,
+                    letter.entry.entry_id,
+                    letter.reason,
+                    letter.detail,
+                )
+                pipe.xadd(
+                    keys.dead_letter_stream(prefix), dict(dead_letter_fields(letter, dead_at))
+                )
+            await pipe.execute()
+    if to_ack:
+        await redis.xack(stream, keys.CONSUMER_GROUP, *to_ack)
 
 
 def dead_letter_fields(letter: DeadLetter, dead_at: str) -> dict[FieldT, EncodableT]:
@@ -500,7 +502,7 @@ def dead_letter_fields(letter: DeadLetter, dead_at: str) -> dict[FieldT, Encodab
 
 
 def lock_key(stream: str) -> str:
-    """The drain lock of a stream; it shares the stream's cluster hash slot."""
+    """The drain lock of a stream; a shard's lock carries the shard's hash tag (its slot)."""
     return f"{stream}:drain-lock"
 
 
@@ -508,7 +510,7 @@ Renew = Callable[[], Awaitable[bool]]
 
 
 async def drain_stream(
-    redis: Redis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
+    redis: AsyncRedis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
 ) -> BatchReport:
     """Read and charge new entries of one shard's stream until it is empty or the time budget
     is spent (`more` is then True). Does nothing (`skipped`) while another drainer holds it."""
@@ -531,7 +533,7 @@ async def drain_stream(
 
 
 async def reclaim_stream(
-    redis: Redis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
+    redis: AsyncRedis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
 ) -> BatchReport:
     """Charge entries left pending longer than the claim idle time: those of a crashed drainer
     and those waiting for their experiment. Dead-letters entries past the delivery limit."""
@@ -558,7 +560,7 @@ async def reclaim_stream(
 
 
 async def _locked(
-    redis: Redis,
+    redis: AsyncRedis,
     config: DrainConfig,
     stream: str,
     body: Callable[[Renew], Awaitable[BatchReport]],
@@ -579,7 +581,7 @@ async def _locked(
         await redis.eval(_RELEASE, 1, key, token)
 
 
-async def trim_acknowledged(redis: Redis, stream: str) -> None:
+async def trim_acknowledged(redis: AsyncRedis, stream: str) -> None:
     """Drop entries every consumer of our group has acknowledged (XTRIM MINID, approximate).
 
     Entries still pending, or not yet delivered, are kept.
@@ -643,7 +645,7 @@ class DeadLetterRecord:
 
 
 async def list_dead_letters(
-    redis: Redis, prefix: str, count: int = 100, ids: Sequence[str] = ()
+    redis: AsyncRedis, prefix: str, count: int = 100, ids: Sequence[str] = ()
 ) -> list[DeadLetterRecord]:
     """The oldest `count` dead letters, or exactly those with the given ids."""
     stream = keys.dead_letter_stream(prefix)
@@ -658,7 +660,7 @@ async def list_dead_letters(
 
 
 async def replay_dead_letters(
-    redis: Redis, prefix: str, shards: int, records: Sequence[DeadLetterRecord]
+    redis: AsyncRedis, prefix: str, shards: int, records: Sequence[DeadLetterRecord]
 ) -> list[tuple[str, str]]:
     """Add each dead letter's payload back to its experiment's usage stream and remove it from
     the dead-letter stream. Harmless for events already charged (their ids are recorded).
@@ -674,9 +676,10 @@ async def replay_dead_letters(
                 else keys.usage_stream(prefix, 0 if shards > 1 else None)
             )
             pipe.xadd(stream, {STREAM_FIELD: _raw(record.payload)})
-            pipe.xdel(keys.dead_letter_stream(prefix), record.dead_id)
-        results = await pipe.execute()
-    return [(r.dead_id, _text(results[2 * i])) for i, r in enumerate(records)]
+        added = await pipe.execute()
+    # Removed only once every payload is back (the streams may be on other cluster nodes).
+    await redis.xdel(keys.dead_letter_stream(prefix), *(r.dead_id for r in records))
+    return [(r.dead_id, _text(entry_id)) for r, entry_id in zip(records, added, strict=True)]
 
 
 def _record(dead_id: str, fields: Mapping[str, str]) -> DeadLetterRecord:

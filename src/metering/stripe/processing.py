@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +21,7 @@ from metering.halt import clear_halt
 from metering.logs import redact_text
 from metering.metrics import observe_stripe_event
 from metering.models import StripeEvent
+from metering.redis_client import AsyncRedis
 from metering.stripe import handlers
 from metering.stripe.handlers import Outcome
 
@@ -135,7 +135,7 @@ async def process_event(
     return processed
 
 
-async def after_commit(redis: Redis, prefix: str, processed: Processed) -> list[str]:
+async def after_commit(redis: AsyncRedis, prefix: str, processed: Processed) -> list[str]:
     """Lift the halt flags of a buyer's experiments; returns the experiment ids lifted."""
     if processed.user_id is None:
         return []
