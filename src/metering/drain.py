@@ -21,14 +21,14 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
 
 from metering import halt, keys, ledger, metrics
 from metering.alerts import LowBalanceAlert, note_balances
-from metering.db import run_in_transaction, session_scope
+from metering.db import run_in_transaction
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD
 from metering.ingest import (
@@ -43,7 +43,6 @@ from metering.ingest import (
     split,
     to_charges,
 )
-from metering.models import MAACExperiment
 from metering.pricing import Catalog, get_catalog
 from metering.redis_client import AsyncRedis
 from metering.settings import Settings
@@ -56,8 +55,6 @@ OWNER_CHANGE_ATTEMPTS = 3
 IDLE_WAIT_MS = 250
 """A drain that finds its stream empty waits this long for new entries before it ends, so that a
 steady flow is charged as it comes, not at the next drain sent by beat (up to 1 s later)."""
-FINISHED_STATUSES = ("completed", "failed", "cancelled")
-"""Experiment statuses that no longer run: their halt flags are not raised."""
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -260,7 +257,7 @@ async def process_batch(
     report.duplicates = charged.duplicates + len(repeats)
     report.dead = len(dead)
     report.retrying = len(retrying)
-    report.halted = await _halt_low_balances(redis, sessions, config, outcome)
+    report.halted = await _sync_halts(redis, sessions, config, outcome)
     report.low_balance = await note_balances(
         redis, config.prefix, outcome.balances, config.low_balance_credits
     )
@@ -427,32 +424,34 @@ async def _conflicts(
     return conflicts, len(others) - len(conflicts)
 
 
-async def _halt_low_balances(
+async def _sync_halts(
     redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     config: DrainConfig,
     outcome: ledger.UsageOutcome,
 ) -> list[str]:
-    """Raise the halt flag of every unfinished experiment of each user whose balance is at or
-    below the threshold: the batch's experiments, and any other the user has running."""
-    low = {u: b for u, b in outcome.balances.items() if b <= config.halt_threshold}
-    if not low:
+    """Bring the halt flags of the batch's users in line with their committed balances
+    (`halt.sync_halts`): users at or below the threshold, and users with halted experiments
+    (whose balance some other writer may have raised). Returns the experiments newly halted."""
+    users = sorted(outcome.balances)
+    if not users:
         return []
-    async with session_scope(sessions) as session:
-        rows = await session.execute(
-            select(MAACExperiment.id, MAACExperiment.user_id).where(
-                MAACExperiment.user_id.in_(low),
-                MAACExperiment.status.not_in(FINISHED_STATUSES),
-            )
-        )
-        unfinished = [(experiment_id, user_id) for experiment_id, user_id in rows]
-    halted: list[str] = []
-    for user_id, balance in sorted(low.items()):
-        experiments = {e for e, owner in outcome.owners.items() if owner == user_id}
-        experiments |= {e for e, owner in unfinished if owner == user_id}
-        reason = f"balance {balance} credits is at or below {config.halt_threshold}"
-        halted += await halt.raise_halt(redis, config.prefix, user_id, experiments, reason)
-    return halted
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id in users:
+            pipe.exists(keys.halted_experiments(config.prefix, user_id))
+        flagged = await pipe.execute()
+    due = [
+        user_id
+        for user_id, has_halts in zip(users, flagged, strict=True)
+        if has_halts or outcome.balances[user_id] <= config.halt_threshold
+    ]
+    if not due:
+        return []
+    charged = {u: {e for e, owner in outcome.owners.items() if owner == u} for u in due}
+    change = await halt.sync_halts(
+        redis, sessions, config.prefix, due, config.halt_threshold, charged
+    )
+    return change.raised
 
 
 async def _dead_letter_and_ack(

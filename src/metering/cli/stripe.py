@@ -79,7 +79,13 @@ def replay(
                 processed = await processing.process_event(
                     sessions, pending.pop(0), lock_timeout_ms=settings.stripe_lock_timeout_ms
                 )
-                await processing.after_commit(redis, settings.metering_redis_prefix, processed)
+                await processing.after_commit(
+                    redis,
+                    sessions,
+                    settings.metering_redis_prefix,
+                    processed,
+                    settings.metering_halt_threshold,
+                )
                 done.append(processed)
                 pending.extend(processed.wake_event_ids)
         finally:
