@@ -21,9 +21,13 @@ from tests.support import free_port
 READY_TIMEOUT_S = 60
 
 
-def _wait(check: Callable[[], bool], what: str) -> None:
+def _wait(
+    check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: redis-server exited with status {process.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not happen within {READY_TIMEOUT_S} s")
         time.sleep(0.05)
@@ -35,6 +39,7 @@ class ClusterNode:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
+        self.bus_port = free_port()  # the default, port + 10000, may be taken or above 65535
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +54,8 @@ class ClusterNode:
                 "127.0.0.1",
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                str(self.bus_port),
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
@@ -65,7 +72,7 @@ class ClusterNode:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait(self.answers, f"cluster node on port {self.port}")
+        _wait(self.answers, f"cluster node on port {self.port}", self.process)
 
     def client(self) -> SyncRedis:
         return SyncRedis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)

@@ -18,17 +18,19 @@ from typing import Any
 import pytest
 import redis.asyncio
 import redis.asyncio.cluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from metering import keys, redis_client
+from metering import halt, keys, ledger, redis_client
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
+from metering.models import TransactionType
 from metering.redis_client import AsyncRedis, ClusterBrokerError
 from tests.chaos.helpers import WORKER_ENV, Books, dead_letters_of, settled
 from tests.chaos.services import REPO, running_beat
 from tests.cluster.services import PrivateCluster, private_cluster
 from tests.conftest import REDIS_URL
-from tests.factories import create_experiment, create_user
+from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import Sessions
 from tests.support import eventually
 from tests.workers import running_worker
@@ -163,6 +165,38 @@ async def test_the_pipeline_charges_exactly_once_across_the_cluster_through_a_no
         assert worker.process.poll() is None
     await books.assert_exact(sessions)
     assert await dead_letters_of(client, redis_prefix, books) == []
+
+
+async def test_halt_flags_are_raised_and_lifted_on_the_cluster(
+    client: AsyncRedis, sessions: Sessions, redis_prefix: str
+) -> None:
+    prefix = f"{redis_prefix}:halts"
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 0)
+        experiments = [await create_experiment(session, user_id) for _ in range(6)]
+    slots = {key_slot(keys.halt_flag(prefix, e).encode()) for e in experiments}
+    assert len(slots) > 1  # the flags live in several slots, and so on several nodes
+
+    low = await halt.sync_halts(client, sessions, prefix, [user_id], threshold=0)
+    assert sorted(low.raised) == sorted(experiments)
+    for experiment_id in experiments:
+        assert await AsyncEmitter(client, prefix=prefix).should_stop(experiment_id)
+
+    async with session_scope(sessions) as session:
+        await ledger.post(
+            session,
+            ledger.Posting(
+                user_id=user_id,
+                type=TransactionType.PURCHASE,
+                amount=500,
+                description="credits",
+                idempotency_key=unique("purchase"),
+            ),
+        )
+    high = await halt.sync_halts(client, sessions, prefix, [user_id], threshold=0)
+    assert sorted(high.lifted) == sorted(experiments)
+    for experiment_id in experiments:
+        assert not await halt.is_halted(client, prefix, experiment_id)
 
 
 def metering(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
