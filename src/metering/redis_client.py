@@ -106,15 +106,28 @@ def _async_client(url: str, cluster: bool, options: dict[str, Any]) -> AsyncRedi
     return redis.asyncio.Redis.from_url(url, **options)
 
 
+def _broker_as_redis_url(url: str) -> str | None:
+    """The broker's Kombu URL as redis-py spells it; None for a broker that is not a Redis."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis", "rediss"):
+        return url
+    if scheme == "redis+socket":
+        return f"unix://{rest}"
+    return None
+
+
 def check_broker(url: str) -> None:
     """Raise `ClusterBrokerError` when the Celery broker URL names a Redis Cluster node."""
-    if is_cluster(url):
+    redis_url = _broker_as_redis_url(url)
+    if redis_url is not None and is_cluster(redis_url):
         raise ClusterBrokerError(broker_message())
 
 
 async def check_broker_async(url: str) -> None:
-    """`check_broker` without blocking the event loop; also proves the broker answers."""
-    if await is_cluster_async(url):
+    """`check_broker` without blocking the event loop; for a Redis broker, also proves that it
+    answers."""
+    redis_url = _broker_as_redis_url(url)
+    if redis_url is not None and await is_cluster_async(redis_url):
         raise ClusterBrokerError(broker_message())
 
 

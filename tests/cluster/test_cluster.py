@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from metering import halt, keys, ledger, redis_client
 from metering.db import session_scope
-from metering.emitter import AsyncEmitter
+from metering.emitter import AsyncEmitter, Emitter
 from metering.models import TransactionType
 from metering.redis_client import AsyncRedis, ClusterBrokerError
 from tests.chaos.helpers import WORKER_ENV, Books, dead_letters_of, settled
@@ -31,7 +31,7 @@ from tests.chaos.services import REPO, running_beat
 from tests.cluster.services import PrivateCluster, private_cluster
 from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions
+from tests.pipeline.helpers import Sessions, event
 from tests.support import eventually
 from tests.workers import running_worker
 
@@ -126,13 +126,23 @@ async def all_settled(client: AsyncRedis, prefix: str) -> bool:
     return True
 
 
-async def test_the_client_factory_detects_a_cluster_from_any_node(stack: Stack) -> None:
+async def test_the_client_factory_detects_a_cluster_from_any_node(
+    stack: Stack, redis_prefix: str
+) -> None:
     for node in stack.cluster.nodes:
         assert redis_client.is_cluster(node.url)
         client = await redis_client.open_client(node.url)
         assert isinstance(client, redis.asyncio.cluster.RedisCluster)
         assert await client.get(keys.halt_flag("probe", "nothing")) is None  # any slot, any node
         await client.aclose()
+    producer = Emitter.from_url(stack.cluster.url, prefix=f"{redis_prefix}:sync", shards=SHARDS)
+    try:
+        for shard in range(SHARDS):
+            experiment_id = next(f"sync-{n}" for n in range(1000) if shard_of(f"sync-{n}") == shard)
+            producer.emit(event(experiment_id))
+        assert not producer.should_stop("sync-0")
+    finally:
+        producer.close()
     assert not redis_client.is_cluster(REDIS_URL)
     plain = redis_client.connect(REDIS_URL)
     assert type(plain) is redis.asyncio.Redis
