@@ -1,6 +1,7 @@
 """The `metering` command as an operator runs it: a real process against a real database."""
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -8,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import text
 
+from metering import keys
 from metering.db import create_engine, make_sessionmaker, session_scope
 from tests.conftest import REDIS_URL
 from tests.factories import drop_database, server_database_url
@@ -22,7 +25,13 @@ def metering(
     *args: str, database_url: str, operator: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the command; `operator` is the METERING_OPERATOR of the operator's shell."""
-    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "METERING_REDIS_PREFIX": os.environ["METERING_REDIS_PREFIX"],
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
     if operator is not None:
         env["METERING_OPERATOR"] = operator
     return subprocess.run(
@@ -162,6 +171,36 @@ def test_unreachable_database_is_a_one_line_error() -> None:
     assert result.returncode == 2
     assert "cannot reach PostgreSQL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_an_operators_posting_moves_the_halt_flags_with_the_balance(
+    new_database_url: str,
+) -> None:
+    """An adjustment that takes the balance to the halt threshold halts the user's running
+    experiment; a top-up above it lifts the halt, as a purchase would."""
+    url = new_database_url
+    assert metering("db", "upgrade", database_url=url).returncode == 0
+    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    await execute(
+        url,
+        'INSERT INTO "MAACExperiment" (id, name, "userId", status, "updatedAt") '
+        f"VALUES ('exp-run', 'run', '{user_id}', 'running', now())",
+    )
+    flag = keys.halt_flag(os.environ["METERING_REDIS_PREFIX"], "exp-run")
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        drained = ("adjust", user_id, "--credits", "-10000", "--reason", "x", "--key", "H-1")
+        assert metering(*drained, database_url=url, operator="alice").returncode == 0
+        assert await redis.exists(flag) == 1
+        topped = ("adjust", user_id, "--credits", "500", "--reason", "x", "--key", "H-2")
+        assert metering(*topped, database_url=url, operator="alice").returncode == 0
+        assert await redis.exists(flag) == 0
+    finally:
+        await redis.delete(
+            flag, keys.halted_experiments(os.environ["METERING_REDIS_PREFIX"], user_id)
+        )
+        await redis.aclose()
+    assert metering("reconcile", database_url=url).returncode == 0
 
 
 async def test_operator_postings_are_once_per_key_and_say_who_made_them(

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -36,6 +35,7 @@ from metering import keys
 from metering.errors import PermanentError, TransientError
 from metering.logs import get_logger
 from metering.models import User
+from metering.redis_client import AsyncRedis
 
 SIGNATURE_HEADER = "Metering-Signature"
 ALERT_ID_HEADER = "Metering-Alert-Id"
@@ -75,7 +75,7 @@ class LowBalanceAlert:
 
 
 async def note_balances(
-    redis: Redis, prefix: str, balances: Mapping[str, int], threshold: int
+    redis: AsyncRedis, prefix: str, balances: Mapping[str, int], threshold: int
 ) -> list[LowBalanceAlert]:
     """Record which users are low (`threshold`) or at the floor (`BALANCE_FLOOR`), publish an
     alert for each new crossing and log floor crossings at error level; re-arm the users seen
@@ -149,7 +149,7 @@ class UnchargedUsageAlert:
 
 
 async def note_uncharged(
-    redis: Redis, prefix: str, uncharged: Sequence[UnchargedUsage]
+    redis: AsyncRedis, prefix: str, uncharged: Sequence[UnchargedUsage]
 ) -> list[UnchargedUsageAlert]:
     """Log each uncharged event at error level and publish one alert per experiment and reason
     (one round trip). Returns the alerts published."""
@@ -183,7 +183,7 @@ async def note_uncharged(
     return alerts
 
 
-async def _publish(redis: Redis, prefix: str, documents: Sequence[Mapping[str, Any]]) -> None:
+async def _publish(redis: AsyncRedis, prefix: str, documents: Sequence[Mapping[str, Any]]) -> None:
     if not documents:
         return
     async with redis.pipeline(transaction=False) as pipe:
@@ -193,7 +193,7 @@ async def _publish(redis: Redis, prefix: str, documents: Sequence[Mapping[str, A
 
 
 async def rearm_if_recovered(
-    redis: Redis,
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     prefix: str,
     user_id: str,

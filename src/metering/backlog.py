@@ -5,10 +5,9 @@ demand; `metering status` and `/metrics` both show it."""
 import time
 from dataclasses import dataclass, replace
 
-from redis.asyncio import Redis
-
 from metering import keys
 from metering.metrics import StreamCollector, StreamStats
+from metering.redis_client import AsyncRedis
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class Backlog:
         return StreamCollector(self.streams, self.dead_letters)
 
 
-async def read_backlog(redis: Redis, prefix: str, shards: int) -> Backlog:
+async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
     """Two round trips, pipelined, whatever the shard count, and a third when entries are
     pending; a stream not yet created reads as empty (XINFO GROUPS on a missing key is an error,
     hence the EXISTS guard)."""
@@ -55,7 +54,7 @@ async def read_backlog(redis: Redis, prefix: str, shards: int) -> Backlog:
     return Backlog(await _with_oldest_pending(redis, stats), int(dead_letters))
 
 
-async def _with_oldest_pending(redis: Redis, stats: list[StreamStats]) -> list[StreamStats]:
+async def _with_oldest_pending(redis: AsyncRedis, stats: list[StreamStats]) -> list[StreamStats]:
     """Each stream's stats with the age of its oldest pending entry, from the entry's id (the
     time Redis added it, as the event age metric counts it)."""
     pending = [s for s in stats if s.pending]

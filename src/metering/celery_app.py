@@ -10,18 +10,21 @@ from typing import Any
 import structlog
 from celery import Celery
 from celery.signals import (
+    beat_init,
     setup_logging,
     task_failure,
     task_postrun,
     task_prerun,
     task_retry,
     task_success,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
 )
 from kombu.entity import Queue
+from redis.exceptions import RedisError
 
-from metering import keys, metrics
+from metering import keys, metrics, redis_client
 from metering.logs import configure_logging
 from metering.settings import get_settings
 from metering.tasks import runtime
@@ -80,6 +83,18 @@ def create_app() -> Celery:
 
 
 app = create_app()
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_cluster_broker(**_: Any) -> None:
+    # Celery's Redis transport knows nothing of cluster slots: stop before it half-works.
+    try:
+        redis_client.check_broker(get_settings().broker_url)
+    except redis_client.ClusterBrokerError as error:
+        raise SystemExit(f"error: {error.message}") from error
+    except RedisError:
+        return  # unreachable: Celery reports it and keeps retrying the broker itself
 
 
 @worker_process_init.connect

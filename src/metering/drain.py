@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
@@ -51,9 +50,9 @@ from metering.ingest import (
     split,
     to_charges,
 )
-from metering.models import MAACExperiment
 from metering.pricing import Catalog, charge_exact_credits, get_catalog
 from metering.pricing.money import whole_credits
+from metering.redis_client import AsyncRedis
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,6 @@ OWNER_CHANGE_ATTEMPTS = 3
 IDLE_WAIT_MS = 250
 """A drain that finds its stream empty waits this long for new entries before it ends, so that a
 steady flow is charged as it comes, not at the next drain sent by beat (up to 1 s later)."""
-FINISHED_STATUSES = ("completed", "failed", "cancelled")
-"""Experiment statuses that no longer run: their halt flags are not raised."""
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -170,7 +167,7 @@ class _Charged:
     uncharged: list[UnchargedUsage] = field(default_factory=list)
 
 
-async def ensure_group(redis: Redis, stream: str) -> None:
+async def ensure_group(redis: AsyncRedis, stream: str) -> None:
     """Create the consumer group (and the stream) if missing; it starts at the stream's start."""
     try:
         await redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
@@ -180,7 +177,7 @@ async def ensure_group(redis: Redis, stream: str) -> None:
 
 
 async def read_new(
-    redis: Redis, stream: str, count: int, block_ms: int | None = None
+    redis: AsyncRedis, stream: str, count: int, block_ms: int | None = None
 ) -> list[Entry]:
     """Up to `count` entries never delivered before (XREADGROUP >); when there are none, waits
     up to `block_ms` for some (not at all when None)."""
@@ -193,7 +190,7 @@ async def read_new(
 
 
 async def claim_stalled(
-    redis: Redis, stream: str, min_idle_ms: int, count: int, cursor: str = "0-0"
+    redis: AsyncRedis, stream: str, min_idle_ms: int, count: int, cursor: str = "0-0"
 ) -> tuple[str, list[Entry]]:
     """Claim entries pending longer than `min_idle_ms` (XAUTOCLAIM), with their delivery counts.
 
@@ -217,7 +214,7 @@ async def claim_stalled(
 
 
 async def process_batch(
-    redis: Redis,
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     config: DrainConfig,
     entries: Sequence[Entry],
@@ -269,7 +266,7 @@ async def process_batch(
     report.duplicates = charged.duplicates + len(repeats)
     report.dead = len(dead)
     report.retrying = len(retrying)
-    report.halted = await _halt_low_balances(redis, sessions, config, outcome)
+    report.halted = await _sync_halts(redis, sessions, config, outcome)
     report.low_balance = await note_balances(
         redis, config.prefix, outcome.balances, config.low_balance_credits
     )
@@ -453,64 +450,66 @@ async def _conflicts(
     return conflicts, len(others) - len(conflicts)
 
 
-async def _halt_low_balances(
-    redis: Redis,
+async def _sync_halts(
+    redis: AsyncRedis,
     sessions: async_sessionmaker[AsyncSession],
     config: DrainConfig,
     outcome: ledger.UsageOutcome,
 ) -> list[str]:
-    """Raise the halt flag of every unfinished experiment of each user whose balance is at or
-    below the threshold, or the hard floor if that is higher: the batch's experiments, and any
-    other the user has running."""
-    threshold = max(config.halt_threshold, BALANCE_FLOOR)
-    low = {u: b for u, b in outcome.balances.items() if b <= threshold}
-    if not low:
+    """Bring the halt flags of the batch's users in line with their committed balances
+    (`halt.sync_halts`): users at or below the threshold, and users with halted experiments
+    (whose balance some other writer may have raised). Returns the experiments newly halted."""
+    users = sorted(outcome.balances)
+    if not users:
         return []
-    async with session_scope(sessions) as session:
-        rows = await session.execute(
-            select(MAACExperiment.id, MAACExperiment.user_id).where(
-                MAACExperiment.user_id.in_(low),
-                MAACExperiment.status.not_in(FINISHED_STATUSES),
-            )
-        )
-        unfinished = [(experiment_id, user_id) for experiment_id, user_id in rows]
-    halted: list[str] = []
-    for user_id, balance in sorted(low.items()):
-        experiments = {e for e, owner in outcome.owners.items() if owner == user_id}
-        experiments |= {e for e, owner in unfinished if owner == user_id}
-        reason = f"balance {balance} credits is at or below {threshold}"
-        halted += await halt.raise_halt(redis, config.prefix, user_id, experiments, reason)
-    return halted
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id in users:
+            pipe.exists(keys.halted_experiments(config.prefix, user_id))
+        flagged = await pipe.execute()
+    due = [
+        user_id
+        for user_id, has_halts in zip(users, flagged, strict=True)
+        if has_halts or outcome.balances[user_id] <= max(config.halt_threshold, BALANCE_FLOOR)
+    ]
+    if not due:
+        return []
+    charged = {u: {e for e, owner in outcome.owners.items() if owner == u} for u in due}
+    change = await halt.sync_halts(
+        redis, sessions, config.prefix, due, config.halt_threshold, charged
+    )
+    return change.raised
 
 
 async def _dead_letter_and_ack(
-    redis: Redis,
+    redis: AsyncRedis,
     prefix: str,
     stream: str,
     dead: Sequence[DeadLetter],
     waiting: set[str],
     entries: Sequence[Entry],
 ) -> None:
-    """Dead letters are added before the acknowledgements, in one round trip: a crash in between
-    can only dead-letter an entry twice, never lose it."""
+    """Dead letters are added before the acknowledgements, in a round trip of their own (on a
+    cluster the two streams may live on different nodes, and a pipeline across nodes keeps no
+    order): a failure in between can only dead-letter an entry twice, never lose it."""
     to_ack = [e.entry_id for e in entries if e.entry_id not in waiting]
-    if not dead and not to_ack:
-        return
-    dead_at = datetime.now(UTC).isoformat()
-    position = {e.entry_id: i for i, e in enumerate(entries)}
-    async with redis.pipeline(transaction=False) as pipe:
-        for letter in sorted(dead, key=lambda d: position[d.entry.entry_id]):
-            log.warning(
-                "dead-lettered %s %s: %s: %s",
-                letter.entry.stream,
-                letter.entry.entry_id,
-                letter.reason,
-                letter.detail,
-            )
-            pipe.xadd(keys.dead_letter_stream(prefix), dict(dead_letter_fields(letter, dead_at)))
-        if to_ack:
-            pipe.xack(stream, keys.CONSUMER_GROUP, *to_ack)
-        await pipe.execute()
+    if dead:
+        dead_at = datetime.now(UTC).isoformat()
+        position = {e.entry_id: i for i, e in enumerate(entries)}
+        async with redis.pipeline(transaction=False) as pipe:
+            for letter in sorted(dead, key=lambda d: position[d.entry.entry_id]):
+                log.warning(
+                    "dead-lettered %s %s: %s: %s",
+                    letter.entry.stream,
+                    letter.entry.entry_id,
+                    letter.reason,
+                    letter.detail,
+                )
+                pipe.xadd(
+                    keys.dead_letter_stream(prefix), dict(dead_letter_fields(letter, dead_at))
+                )
+            await pipe.execute()
+    if to_ack:
+        await redis.xack(stream, keys.CONSUMER_GROUP, *to_ack)
 
 
 def dead_letter_fields(letter: DeadLetter, dead_at: str) -> dict[FieldT, EncodableT]:
@@ -528,7 +527,7 @@ def dead_letter_fields(letter: DeadLetter, dead_at: str) -> dict[FieldT, Encodab
 
 
 def lock_key(stream: str) -> str:
-    """The drain lock of a stream; it shares the stream's cluster hash slot."""
+    """The drain lock of a stream; a shard's lock carries the shard's hash tag (its slot)."""
     return f"{stream}:drain-lock"
 
 
@@ -536,7 +535,7 @@ Renew = Callable[[], Awaitable[bool]]
 
 
 async def drain_stream(
-    redis: Redis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
+    redis: AsyncRedis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
 ) -> BatchReport:
     """Read and charge new entries of one shard's stream until it is empty or the time budget
     is spent (`more` is then True). Does nothing (`skipped`) while another drainer holds it."""
@@ -559,7 +558,7 @@ async def drain_stream(
 
 
 async def reclaim_stream(
-    redis: Redis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
+    redis: AsyncRedis, sessions: async_sessionmaker[AsyncSession], config: DrainConfig, shard: int
 ) -> BatchReport:
     """Charge entries left pending longer than the claim idle time: those of a crashed drainer
     and those waiting for their experiment. Dead-letters entries past the delivery limit."""
@@ -586,7 +585,7 @@ async def reclaim_stream(
 
 
 async def _locked(
-    redis: Redis,
+    redis: AsyncRedis,
     config: DrainConfig,
     stream: str,
     body: Callable[[Renew], Awaitable[BatchReport]],
@@ -607,7 +606,7 @@ async def _locked(
         await redis.eval(_RELEASE, 1, key, token)
 
 
-async def trim_acknowledged(redis: Redis, stream: str) -> None:
+async def trim_acknowledged(redis: AsyncRedis, stream: str) -> None:
     """Drop entries every consumer of our group has acknowledged (XTRIM MINID, approximate).
 
     Entries still pending, or not yet delivered, are kept.
@@ -671,7 +670,7 @@ class DeadLetterRecord:
 
 
 async def list_dead_letters(
-    redis: Redis, prefix: str, count: int = 100, ids: Sequence[str] = ()
+    redis: AsyncRedis, prefix: str, count: int = 100, ids: Sequence[str] = ()
 ) -> list[DeadLetterRecord]:
     """The oldest `count` dead letters, or exactly those with the given ids."""
     stream = keys.dead_letter_stream(prefix)
@@ -686,7 +685,7 @@ async def list_dead_letters(
 
 
 async def replay_dead_letters(
-    redis: Redis, prefix: str, shards: int, records: Sequence[DeadLetterRecord]
+    redis: AsyncRedis, prefix: str, shards: int, records: Sequence[DeadLetterRecord]
 ) -> list[tuple[str, str]]:
     """Add each dead letter's payload back to its experiment's usage stream and remove it from
     the dead-letter stream. Harmless for events already charged (their ids are recorded).
@@ -702,9 +701,10 @@ async def replay_dead_letters(
                 else keys.usage_stream(prefix, 0 if shards > 1 else None)
             )
             pipe.xadd(stream, {STREAM_FIELD: _raw(record.payload)})
-            pipe.xdel(keys.dead_letter_stream(prefix), record.dead_id)
-        results = await pipe.execute()
-    return [(r.dead_id, _text(results[2 * i])) for i, r in enumerate(records)]
+        added = await pipe.execute()
+    # Removed only once every payload is back (the streams may be on other cluster nodes).
+    await redis.xdel(keys.dead_letter_stream(prefix), *(r.dead_id for r in records))
+    return [(r.dead_id, _text(entry_id)) for r, entry_id in zip(records, added, strict=True)]
 
 
 def _record(dead_id: str, fields: Mapping[str, str]) -> DeadLetterRecord:

@@ -10,12 +10,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import redis
-import redis.asyncio
-
-from metering import keys
+from metering import keys, redis_client
 from metering.errors import PermanentError
 from metering.events import STREAM_FIELD, UsageEvent
+from metering.redis_client import AsyncRedis, SyncRedis
 
 EventLike = UsageEvent | Mapping[str, Any]
 
@@ -66,13 +64,14 @@ class _Streams:
 class Emitter(_Streams):
     """Synchronous producer. Events are validated before they leave the process."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "metering", shards: int = 1) -> None:
+    def __init__(self, client: SyncRedis, *, prefix: str = "metering", shards: int = 1) -> None:
         super().__init__(prefix, shards)
         self.redis = client
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "metering", shards: int = 1) -> "Emitter":
-        return cls(redis.Redis.from_url(url), prefix=prefix, shards=shards)
+        """An emitter on `url`, a plain Redis or any node of a Redis Cluster."""
+        return cls(redis_client.connect_sync(url), prefix=prefix, shards=shards)
 
     def emit(self, event: EventLike) -> str:
         """Publish one event; returns its stream entry id."""
@@ -98,15 +97,15 @@ class Emitter(_Streams):
 class AsyncEmitter(_Streams):
     """asyncio producer, same behaviour as `Emitter`."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, *, prefix: str = "metering", shards: int = 1
-    ) -> None:
+    def __init__(self, client: AsyncRedis, *, prefix: str = "metering", shards: int = 1) -> None:
         super().__init__(prefix, shards)
         self.redis = client
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "metering", shards: int = 1) -> "AsyncEmitter":
-        return cls(redis.asyncio.Redis.from_url(url), prefix=prefix, shards=shards)
+        """An emitter on `url`, a plain Redis or any node of a Redis Cluster (detected with one
+        blocking round trip: make it before the event loop's work starts)."""
+        return cls(redis_client.connect(url), prefix=prefix, shards=shards)
 
     async def emit(self, event: EventLike) -> str:
         stream, fields = self.entry(event)

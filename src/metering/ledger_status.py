@@ -5,12 +5,12 @@ stored Stripe events not yet processed, counted in PostgreSQL at scrape time."""
 import json
 import time
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import keys
 from metering.metrics import LedgerStatus
+from metering.redis_client import AsyncRedis
 
 _UNPROCESSED = text(
     """
@@ -21,15 +21,18 @@ _UNPROCESSED = text(
 )
 
 
-async def record_reconcile(redis: Redis, prefix: str, violations: int) -> None:
+async def record_reconcile(redis: AsyncRedis, prefix: str, violations: int) -> None:
     """Keep the result of a reconcile that just ran: its count of violations and the time."""
     document = {"violations": violations, "checked_at": time.time()}
     await redis.set(keys.reconcile_result(prefix), json.dumps(document))
 
 
-async def read_status(redis: Redis, session: AsyncSession, prefix: str) -> LedgerStatus:
-    """One GET and one indexed query (`StripeEvent_processedAt_receivedAt_idx`)."""
-    raw = await redis.get(keys.reconcile_result(prefix))
+async def read_status(
+    redis: AsyncRedis | None, session: AsyncSession, prefix: str
+) -> LedgerStatus:
+    """One GET and one indexed query (`StripeEvent_processedAt_receivedAt_idx`). Without Redis
+    (`None`) the reconcile result is unknown and left out; the Stripe counts are still read."""
+    raw = None if redis is None else await redis.get(keys.reconcile_result(prefix))
     recorded = json.loads(raw) if raw is not None else {}
     rows = (await session.execute(_UNPROCESSED)).all()
     return LedgerStatus(

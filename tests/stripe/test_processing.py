@@ -199,7 +199,7 @@ async def test_a_purchase_lifts_the_buyers_halt_flags_after_commit(
 
     processed = await deliver(sessions, completed)
     assert await halt.is_halted(redis, redis_prefix, "exp-1")
-    lifted = await processing.after_commit(redis, redis_prefix, processed)
+    lifted = await processing.after_commit(redis, sessions, redis_prefix, processed, 0)
 
     assert lifted == ["exp-1", "exp-2"]
     assert not await halt.is_halted(redis, redis_prefix, "exp-2")

@@ -4,15 +4,15 @@ from dataclasses import asdict
 from decimal import Decimal
 
 import typer
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, ledger
+from metering import accounts, halt, ledger, redis_client
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json, run
+from metering.db import create_engine, make_sessionmaker
 from metering.ledger_status import record_reconcile
 from metering.pricing.money import USD_PER_CREDIT
 from metering.reconcile import Deletion, Violation, find_deletions, find_violations
@@ -84,7 +84,9 @@ def _record_reconcile(violations: int) -> None:
     settings = get_settings()
 
     async def main() -> None:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        redis = await redis_client.open_client(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         try:
             await record_reconcile(redis, settings.metering_redis_prefix, violations)
         finally:
@@ -143,7 +145,9 @@ def refund(
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
         return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
 
-    _report_posting(in_database(work), as_json)
+    posted = in_database(work)
+    _sync_halts(posted.user_id)
+    _report_posting(posted, as_json)
 
 
 @app.command()
@@ -160,4 +164,29 @@ def adjust(
     async def work(session: AsyncSession) -> ledger.PostedTransaction:
         return await accounts.adjust_user(session, user, credits, reason, key, operator)
 
-    _report_posting(in_database(work), as_json)
+    posted = in_database(work)
+    _sync_halts(posted.user_id)
+    _report_posting(posted, as_json)
+
+
+def _sync_halts(user_id: str) -> None:
+    """After an operator's posting, the user's halt flags follow the balance it left, as after a
+    purchase (`halt.sync_halts`)."""
+    settings = get_settings()
+
+    async def main() -> None:
+        engine = create_engine(settings.database_url, pool_size=1)
+        redis = await redis_client.open_client(settings.redis_url)
+        try:
+            await halt.sync_halts(
+                redis,
+                make_sessionmaker(engine),
+                settings.metering_redis_prefix,
+                [user_id],
+                settings.metering_halt_threshold,
+            )
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    run(main)

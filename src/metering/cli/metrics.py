@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from metering import redis_client
 from metering.backlog import read_backlog
 from metering.cli.app import app
 from metering.cli.common import console, fail
@@ -63,7 +63,9 @@ def _stream_collector() -> StreamCollector | None:
     settings = get_settings()
 
     async def read() -> StreamCollector:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        redis = await redis_client.open_client(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         try:
             backlog = await read_backlog(
                 redis, settings.metering_redis_prefix, settings.metering_usage_shards

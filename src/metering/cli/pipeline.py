@@ -1,6 +1,7 @@
 """Pipeline commands: emit an event, inspect and replay dead letters, status, and the demo."""
 
 import asyncio
+import functools
 import json
 import os
 import time
@@ -12,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from redis.asyncio import Redis
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, drain, keys, migrate
+from metering import accounts, drain, keys, migrate, redis_client
 from metering.backlog import read_backlog
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
@@ -31,6 +31,7 @@ from metering.models import CreditTransaction, MAACExperiment
 from metering.pricing.money import USD_PER_CREDIT
 from metering.processes import ProcessGroup, celery_command
 from metering.reconcile import find_violations
+from metering.redis_client import AsyncRedis, ClusterBrokerError
 from metering.settings import get_settings
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
@@ -49,8 +50,9 @@ DEMO_MODELS = [
 ]
 
 
-def _redis() -> Redis:
-    return Redis.from_url(get_settings().redis_url)
+async def _redis() -> AsyncRedis:
+    """A client on REDIS_URL: a plain Redis or any node of a Redis Cluster."""
+    return await redis_client.open_client(get_settings().redis_url)
 
 
 @app.command()
@@ -89,7 +91,7 @@ def emit(
 
     async def main() -> str:
         settings = get_settings()
-        client = _redis()
+        client = await _redis()
         try:
             emitter = AsyncEmitter(
                 client, prefix=settings.metering_redis_prefix, shards=settings.metering_usage_shards
@@ -109,7 +111,7 @@ def dlq_list(
     """List dead letters with their reasons."""
 
     async def main() -> list[drain.DeadLetterRecord]:
-        client = _redis()
+        client = await _redis()
         try:
             return await drain.list_dead_letters(
                 client, get_settings().metering_redis_prefix, count
@@ -143,7 +145,7 @@ def dlq_replay(
 
     async def main() -> list[tuple[str, str]]:
         settings = get_settings()
-        client = _redis()
+        client = await _redis()
         try:
             prefix = settings.metering_redis_prefix
             records = await drain.list_dead_letters(client, prefix, 1_000_000, ids)
@@ -168,7 +170,7 @@ def status(as_json: bool = JSON) -> None:
 
     async def main() -> dict[str, Any]:
         settings = get_settings()
-        client = _redis()
+        client = await _redis()
         try:
             backlog = await read_backlog(
                 client, settings.metering_redis_prefix, settings.metering_usage_shards
@@ -194,7 +196,13 @@ def status(as_json: bool = JSON) -> None:
     console.print(f"workers: {', '.join(workers) if workers else 'none answering'}")
 
 
+@functools.cache
 def _celery() -> Any:
+    """The Celery app, once its broker is known to be a plain Redis (a clear error otherwise)."""
+    try:
+        redis_client.check_broker(get_settings().broker_url)
+    except ClusterBrokerError as error:
+        fail(error.message)
     # Imported on use: building the Celery app is only worth it for the commands that talk to it.
     from metering.celery_app import app as celery
 
@@ -270,7 +278,7 @@ async def _demo(seconds: float, rate: int) -> dict[str, Any]:
     await migrate.upgrade_async(settings.database_url)
     engine = create_engine(settings.database_url, pool_size=2)
     sessions = make_sessionmaker(engine)
-    client = _redis()
+    client = await _redis()
     prefix = settings.metering_redis_prefix
     try:
         user_id, experiments, before = await run_in_transaction(sessions, _demo_setup)
@@ -361,7 +369,11 @@ async def _simulate_runner(
 
 
 async def _wait_charged(
-    sessions: Any, client: Redis, experiments: list[str], sent: dict[str, int], dead_before: int
+    sessions: Any,
+    client: AsyncRedis,
+    experiments: list[str],
+    sent: dict[str, int],
+    dead_before: int,
 ) -> None:
     """Show a progress bar until every valid event is charged and the malformed one is dead."""
     prefix = get_settings().metering_redis_prefix

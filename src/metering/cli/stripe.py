@@ -3,10 +3,10 @@
 from dataclasses import asdict
 
 import typer
-from redis.asyncio import Redis
 from rich.markup import escape
 from rich.table import Table
 
+from metering import redis_client
 from metering.cli.app import app
 from metering.cli.common import console, print_json, run
 from metering.db import create_engine, make_sessionmaker, session_scope
@@ -88,7 +88,7 @@ def replay(
     async def main() -> list[Processed]:
         settings = get_settings()
         engine = create_engine(settings.database_url, pool_size=1)
-        redis = Redis.from_url(settings.redis_url)
+        redis = await redis_client.open_client(settings.redis_url)
         done: list[Processed] = []
         pending = [event_id]
         try:
@@ -98,7 +98,13 @@ def replay(
                 processed = await processing.process_event(
                     sessions, pending.pop(0), lock_timeout_ms=settings.stripe_lock_timeout_ms
                 )
-                await processing.after_commit(redis, settings.metering_redis_prefix, processed)
+                await processing.after_commit(
+                    redis,
+                    sessions,
+                    settings.metering_redis_prefix,
+                    processed,
+                    settings.metering_halt_threshold,
+                )
                 done.append(processed)
                 pending.extend(processed.wake_event_ids)
         finally:

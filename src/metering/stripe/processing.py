@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -19,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.db import first_line, run_in_transaction
 from metering.errors import MeteringError, PermanentError, TransientError
-from metering.halt import clear_halt
+from metering.halt import sync_halts
 from metering.logs import redact_text
 from metering.metrics import observe_stripe_event
 from metering.models import StripeEvent
+from metering.redis_client import AsyncRedis
 from metering.stripe import handlers
 from metering.stripe.handlers import Outcome
 from metering.stripe.purchases import Quarantined
@@ -158,12 +158,21 @@ async def process_event(
     return processed
 
 
-async def after_commit(redis: Redis, prefix: str, processed: Processed) -> list[str]:
-    """Lift the halt flags of a buyer's experiments; returns the experiment ids lifted."""
+async def after_commit(
+    redis: AsyncRedis,
+    sessions: async_sessionmaker[AsyncSession],
+    prefix: str,
+    processed: Processed,
+    halt_threshold: int,
+) -> list[str]:
+    """Bring the buyer's halt flags in line with the balance just committed (`halt.sync_halts`):
+    lifted if it is now above `halt_threshold`, kept (or raised, after a clawback) otherwise.
+    Returns the experiment ids lifted."""
     if processed.user_id is None:
         return []
     try:
-        return await clear_halt(redis, prefix, processed.user_id)
+        change = await sync_halts(redis, sessions, prefix, [processed.user_id], halt_threshold)
+        return change.lifted
     except RedisError as error:
         raise TransientError(
             f"could not clear the halt flags of user {processed.user_id}: {error}"

@@ -13,10 +13,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from metering import redis_client
 from metering.db import create_engine, make_sessionmaker
+from metering.redis_client import AsyncRedis
 from metering.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ class Runtime:
     runner: asyncio.Runner
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    redis: Redis
+    redis: AsyncRedis
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coroutine)
@@ -65,7 +66,7 @@ def get_runtime() -> Runtime:
             runner=asyncio.Runner(),
             engine=engine,
             sessions=make_sessionmaker(engine),
-            redis=Redis.from_url(settings.redis_url),
+            redis=redis_client.connect(settings.redis_url),
         )
     return _current
 

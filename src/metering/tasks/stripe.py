@@ -32,7 +32,15 @@ def process_event(event_id: str) -> dict[str, Any]:
             rt.sessions, event_id, lock_timeout_ms=rt.settings.stripe_lock_timeout_ms
         )
     )
-    rt.run(processing.after_commit(rt.redis, rt.settings.metering_redis_prefix, processed))
+    rt.run(
+        processing.after_commit(
+            rt.redis,
+            rt.sessions,
+            rt.settings.metering_redis_prefix,
+            processed,
+            rt.settings.metering_halt_threshold,
+        )
+    )
     if processed.user_id is not None:
         rt.run(
             alerts.rearm_if_recovered(

@@ -12,9 +12,9 @@ from typing import Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from sqlalchemy import text
 
+from metering import redis_client
 from metering.logs import get_logger, redact_text
 from metering.web.deps import State, WebState
 
@@ -43,7 +43,7 @@ async def _database(state: WebState) -> None:
 
 
 async def _ping(url: str) -> None:
-    client = Redis.from_url(
+    client = await redis_client.open_client(
         url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S
     )
     try:
@@ -77,7 +77,7 @@ async def healthz(state: State, response: Response) -> HealthResponse:
     results = await asyncio.gather(
         _check(lambda: _database(state)),
         _check(lambda: _ping(state.settings.redis_url)),
-        _check(lambda: _ping(state.settings.broker_url)),
+        _check(lambda: redis_client.check_broker_async(state.settings.broker_url)),
     )
     components = dict(zip(names, results, strict=True))
     down = [name for name, result in components.items() if result.status != "ok"]

@@ -6,15 +6,16 @@ from Redis and PostgreSQL; if either does not answer, the other metrics are stil
 """
 
 from fastapi import APIRouter, Response
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from metering import redis_client
 from metering.backlog import read_backlog
 from metering.ledger_status import read_status
 from metering.logs import get_logger
 from metering.metrics import CONTENT_TYPE, LedgerCollector, StreamCollector, render
+from metering.redis_client import AsyncRedis
 from metering.web.deps import State
 
 router = APIRouter(tags=["operations"])
@@ -26,8 +27,11 @@ async def metrics(state: State) -> Response:
     """Prometheus text exposition (version 0.0.4)."""
     settings = state.settings
     collector: StreamCollector | None = None
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    redis: AsyncRedis | None = None
     try:
+        redis = await redis_client.open_client(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         backlog = await read_backlog(
             redis, settings.metering_redis_prefix, settings.metering_usage_shards
         )
@@ -42,7 +46,8 @@ async def metrics(state: State) -> Response:
     except (RedisError, OSError, SQLAlchemyError) as error:
         log.warning("ledger gauges left out of /metrics", error=str(error))
     finally:
-        await redis.aclose()
+        if redis is not None:
+            await redis.aclose()
     # Reads every process's files in the multiprocess folder: keep it off the event loop.
     body = await run_in_threadpool(render, collector, ledger)
     return Response(body, media_type=CONTENT_TYPE)
