@@ -44,10 +44,10 @@ def seed(as_json: bool = JSON) -> None:
 
 @app.command()
 def reconcile(as_json: bool = JSON) -> None:
-    """Check every balance against its transactions; exit 1 if any invariant is broken. The result
-    is recorded in Redis for /metrics.
+    """Check every balance against its transactions; exit 1 if any invariant is broken.
 
-    Usage whose user or experiment the platform deleted is reported apart: not a violation."""
+    Usage whose user or experiment the platform deleted is reported apart: not a violation. The
+    result is recorded in Redis for /metrics."""
 
     async def work(session: AsyncSession) -> tuple[list[Violation], list[Deletion]]:
         return await find_violations(session), await find_deletions(session)
