@@ -30,8 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check every balance against its transactions; exit 1 if any invariant is broken.",
     ),
     "balance": ("ledger", "Show a user's credit balance."),
-    "refund": ("ledger", "Give credits back to an experiment's owner (a REFUND transaction)."),
-    "adjust": ("ledger", "Correct a user's balance (an ADJUSTMENT transaction)."),
+    "refund": (
+        "ledger",
+        "Give credits back to an experiment's owner (a REFUND transaction), once per key.",
+    ),
+    "adjust": ("ledger", "Correct a user's balance (an ADJUSTMENT transaction), once per key."),
     "dev": (
         "stack",
         "Run everything locally until Ctrl-C: services, migrations, web, workers, beat, Flower.",
@@ -50,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "prices": (
         "pricing",
-        "List USD per million tokens for every model (input, cached, cache write, output).",
+        "List USD per million tokens for every model, or import a peer's price list.",
     ),
     "price": (
         "pricing",
