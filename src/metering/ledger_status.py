@@ -27,9 +27,7 @@ async def record_reconcile(redis: AsyncRedis, prefix: str, violations: int) -> N
     await redis.set(keys.reconcile_result(prefix), json.dumps(document))
 
 
-async def read_status(
-    redis: AsyncRedis | None, session: AsyncSession, prefix: str
-) -> LedgerStatus:
+async def read_status(redis: AsyncRedis | None, session: AsyncSession, prefix: str) -> LedgerStatus:
     """One GET and one indexed query (`StripeEvent_processedAt_receivedAt_idx`). Without Redis
     (`None`) the reconcile result is unknown and left out; the Stripe counts are still read."""
     raw = None if redis is None else await redis.get(keys.reconcile_result(prefix))
