@@ -78,7 +78,7 @@ async def rows(sessions: Sessions, experiment_id: str) -> dict[str, dict[str, An
         found = await session.scalars(
             select(CreditTransaction).where(CreditTransaction.experiment_id == experiment_id)
         )
-        return {row.idempotency_key or "": row.metadata_ or {} for row in found}
+        return {(row.metadata_ or {})["eventId"]: row.metadata_ or {} for row in found}
 
 
 async def test_typescript_events_are_charged_like_python_ones_and_once(

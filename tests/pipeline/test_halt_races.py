@@ -25,7 +25,7 @@ from metering.stripe.webhooks import ReceivedEvent, store_event
 from tests.chaos.helpers import waiting_on_a_lock
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import Sessions, balance, event, violations
-from tests.stripe.deliveries import checkout_session
+from tests.stripe.deliveries import checkout_session, record
 from tests.stripe.deliveries import event as stripe_event
 from tests.support import eventually
 
@@ -83,6 +83,7 @@ async def purchase(
     """A Checkout purchase as the Stripe task makes it: processed, then its after-commit step."""
     evt = stripe_event("checkout.session.completed", checkout_session(user_id, credits))
     async with session_scope(sessions) as session:
+        await record(session, evt["data"]["object"])
         await store_event(session, ReceivedEvent(evt["id"], evt["type"], evt["livemode"], evt))
     processed = await processing.process_event(sessions, evt["id"], lock_timeout_ms=5_000)
     await processing.after_commit(redis, sessions, prefix, processed, THRESHOLD)
@@ -185,13 +186,14 @@ async def test_a_purchase_that_leaves_the_balance_at_or_below_the_threshold_keep
     await drain_everything(redis, sessions, config)
     assert await halt.is_halted(redis, config.prefix, experiment_id)
 
-    await purchase(redis, sessions, config.prefix, user_id, 1_000)  # -1,100 + 1,000 = -100
+    await purchase(redis, sessions, config.prefix, user_id, 600)  # -1,100 + 600 = -500
 
-    assert await balance(sessions, user_id) == -100
+    assert await balance(sessions, user_id) == -500
     assert await halt.is_halted(redis, config.prefix, experiment_id)
-    await purchase(redis, sessions, config.prefix, user_id, 100)  # exactly the threshold
+    await purchase(redis, sessions, config.prefix, user_id, 500)  # exactly the threshold
+    assert await balance(sessions, user_id) == THRESHOLD
     assert await halt.is_halted(redis, config.prefix, experiment_id)
-    await purchase(redis, sessions, config.prefix, user_id, 1)
+    await purchase(redis, sessions, config.prefix, user_id, 500)
     assert not await halt.is_halted(redis, config.prefix, experiment_id)
 
 
@@ -216,7 +218,7 @@ async def test_drains_and_purchases_racing_at_random_leave_exactly_the_low_users
             for _ in range(rng.randrange(1, 3)):
                 await usage(emitter, rng.choice(mine), 1)
             work += [
-                purchase(redis, sessions, config.prefix, user_id, rng.choice([300, 600, 900]))
+                purchase(redis, sessions, config.prefix, user_id, rng.choice([500, 600, 900]))
                 for _ in range(rng.randrange(0, 3))
             ]
         work += [drain.drain_stream(redis, sessions, config, s) for s in range(config.shards)]
