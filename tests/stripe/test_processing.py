@@ -16,6 +16,7 @@ from metering.stripe import handlers, processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.processing import EventFailed, EventRetrying, Processed
 from metering.stripe.webhooks import ReceivedEvent, store_event
+from tests.factories import create_experiment
 from tests.stripe import deliveries
 from tests.stripe.deliveries import charge, checkout_session, dispute, event
 
@@ -203,6 +204,30 @@ async def test_a_purchase_lifts_the_buyers_halt_flags_after_commit(
 
     assert lifted == ["exp-1", "exp-2"]
     assert not await halt.is_halted(redis, redis_prefix, "exp-2")
+
+
+async def test_a_clawback_halts_and_a_dispute_won_lifts_the_buyers_experiments(
+    sessions: async_sessionmaker[AsyncSession], user_id: str, redis: Redis, redis_prefix: str
+) -> None:
+    checkout = await ours(sessions, checkout_session(user_id, CREDITS))
+    await deliver(sessions, event("checkout.session.completed", checkout))
+    async with session_scope(sessions) as session:
+        experiment_id = await create_experiment(session, user_id)
+    dispute_id = deliveries.new_id("dp")
+    whole = checkout["amount_total"]
+
+    opened = dispute(checkout["payment_intent"], whole, dispute_id=dispute_id)
+    clawed = await deliver(sessions, event("charge.dispute.created", opened))
+    await processing.after_commit(redis, sessions, redis_prefix, clawed, 0)
+    assert await balance(sessions, user_id) == 0
+    assert await halt.is_halted(redis, redis_prefix, experiment_id)
+
+    won = dispute(checkout["payment_intent"], whole, "won", dispute_id=dispute_id)
+    given = await deliver(sessions, event("charge.dispute.closed", won))
+    lifted = await processing.after_commit(redis, sessions, redis_prefix, given, 0)
+    assert await balance(sessions, user_id) == CREDITS
+    assert lifted == [experiment_id]
+    assert not await halt.is_halted(redis, redis_prefix, experiment_id)
 
 
 @pytest.fixture

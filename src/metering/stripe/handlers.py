@@ -49,8 +49,8 @@ class MalformedEvent(PermanentError):
 
 @dataclass(frozen=True)
 class Handled:
-    """A handler's result. After commit, `user_id`'s halt flags are cleared (a purchase), and
-    events awaiting the purchase of `payment_intent` are woken."""
+    """A handler's result. After commit, `user_id`'s halt flags follow the balance (a purchase,
+    clawback or give-back), and events awaiting the purchase of `payment_intent` are woken."""
 
     outcome: Outcome
     user_id: str | None = None
@@ -144,18 +144,27 @@ async def settle_reversal(session: AsyncSession, event: Mapping[str, Any]) -> Ha
     settled = await clawbacks.settle(session, event, observed, purchase, payment_intent)
     if not settled.posted:
         return Handled(Outcome.NOTHING_TO_CLAW_BACK)
-    return Handled(Outcome.REINSTATED if settled.credits > 0 else Outcome.CLAWED_BACK)
+    outcome = Outcome.REINSTATED if settled.credits > 0 else Outcome.CLAWED_BACK
+    return Handled(outcome, user_id=purchase.user_id)
 
 
 async def follow_up(
     session: AsyncSession, event_type: str, event: Mapping[str, Any], outcome: Outcome
 ) -> Handled:
-    """What a processed event still asks after commit (a purchase's halt flags and wake-ups)."""
+    """What a processed event still asks after commit: the buyer's halt flags synced (after a
+    purchase, a clawback or a give-back) and, after a purchase, the wake-ups of its reversals."""
     if event_type in PURCHASE_EVENTS and outcome in (Outcome.PURCHASED, Outcome.ALREADY_RECORDED):
         checkout = _object(event)
         order = await purchases.find_order(session, _text(checkout, "id"))
         if order is not None:
             return Handled(outcome, order.user_id, _id_of(checkout.get("payment_intent")))
+    if event_type in reversals.REVERSAL_EVENTS:
+        payment_intent = _id_of(_object(event).get("payment_intent"))
+        purchase = None
+        if payment_intent is not None:
+            purchase = await purchases.find_purchase(session, payment_intent)
+        if purchase is not None:
+            return Handled(outcome, user_id=purchase.user_id)
     return Handled(outcome)
 
 
