@@ -203,6 +203,35 @@ async def test_an_operators_posting_moves_the_halt_flags_with_the_balance(
     assert metering("reconcile", database_url=url).returncode == 0
 
 
+def test_an_operators_posting_is_reported_even_when_redis_is_out_of_reach(
+    new_database_url: str,
+) -> None:
+    url = new_database_url
+    assert metering("db", "upgrade", database_url=url).returncode == 0
+    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    args = ("adjust", user_id, "--credits", "7", "--reason", "x", "--key", "R-1", "--json")
+    result = subprocess.run(
+        [METERING, *args],
+        env={
+            "DATABASE_URL": url,
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "METERING_OPERATOR": "alice",
+            "PATH": "/usr/bin:/bin",
+            "COLUMNS": "200",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["created"] is True
+    assert "posted, but the halt flags were not synced" in result.stderr
+    assert "Traceback" not in result.stderr
+    balance = json.loads(metering("balance", user_id, "--json", database_url=url).stdout)
+    assert balance["credits"] == 10_007
+
+
 async def test_operator_postings_are_once_per_key_and_say_who_made_them(
     new_database_url: str,
 ) -> None:

@@ -146,8 +146,8 @@ def refund(
         return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
 
     posted = in_database(work)
-    _sync_halts(posted.user_id)
     _report_posting(posted, as_json)
+    _sync_halts(posted.user_id)
 
 
 @app.command()
@@ -165,13 +165,14 @@ def adjust(
         return await accounts.adjust_user(session, user, credits, reason, key, operator)
 
     posted = in_database(work)
-    _sync_halts(posted.user_id)
     _report_posting(posted, as_json)
+    _sync_halts(posted.user_id)
 
 
 def _sync_halts(user_id: str) -> None:
     """After an operator's posting, the user's halt flags follow the balance it left, as after a
-    purchase (`halt.sync_halts`)."""
+    purchase (`halt.sync_halts`). The posting is committed and reported first: a failure here is
+    a warning, and running the command again with the same key syncs again."""
     settings = get_settings()
 
     async def main() -> None:
@@ -189,4 +190,12 @@ def _sync_halts(user_id: str) -> None:
             await redis.aclose()
             await engine.dispose()
 
-    run(main)
+    try:
+        run(main)
+    except (RedisError, OSError) as error:
+        errors.print(
+            f"[yellow]warning:[/] posted, but the halt flags were not synced: {escape(str(error))};"
+            " run the same command again (same key) to sync them",
+            highlight=False,
+            soft_wrap=True,
+        )
