@@ -547,7 +547,7 @@ async def drain_stream(
         while entries := await read_new(redis, stream, config.batch_size, IDLE_WAIT_MS):
             report.add(await process_batch(redis, sessions, config, entries))
             if not await renew():
-                break
+                return report  # the lease is lost: another drainer may be reading, so no trim
             if time.monotonic() >= deadline:
                 report.more = True
                 break
@@ -609,10 +609,12 @@ async def _locked(
 async def trim_acknowledged(redis: AsyncRedis, stream: str) -> None:
     """Drop entries every consumer of our group has acknowledged (XTRIM MINID, approximate).
 
-    Entries still pending, or not yet delivered, are kept.
+    Entries still pending, or not yet delivered, are kept. The group's last delivered id is read
+    before its pending entries: an entry delivered in between is then either pending or past that
+    id, so a concurrent read can never have its entries trimmed.
     """
-    summary = await redis.xpending(stream, keys.CONSUMER_GROUP)
     groups = await redis.xinfo_groups(stream)
+    summary = await redis.xpending(stream, keys.CONSUMER_GROUP)
     ours = next((g for g in groups if _text(g["name"]) == keys.CONSUMER_GROUP), None)
     if ours is None:
         return

@@ -322,3 +322,44 @@ async def test_budget_stop_halts_the_users_other_unfinished_experiments(
     assert sorted(await halt.clear_halt(redis, config.prefix, user_id)) == sorted(
         [experiment_id, idle]
     )
+
+
+async def test_a_trim_never_drops_entries_another_drainer_reads_meanwhile(
+    redis: Redis, config: drain.DrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drainer that lost its lease trims while another reads: the entries read in between are
+    pending and uncharged, and must stay in the stream for a reclaim."""
+    stream = config.stream(0)
+    await drain.ensure_group(redis, stream)
+    first = await redis.xadd(stream, {"event": "{}"})
+    assert [e.entry_id for e in await drain.read_new(redis, stream, 10)] == [first.decode()]
+    await redis.xack(stream, keys.CONSUMER_GROUP, first)
+    for n in range(3):
+        await redis.xadd(stream, {"event": json.dumps({"n": n})})
+
+    done: list[str] = []
+
+    def then_another_drainer_reads(name: str) -> object:
+        """The real command; after the first of the two reads, another drainer reads 3 entries."""
+        real = getattr(redis, name)
+
+        async def call(*args: object) -> object:
+            result = await real(*args)
+            if not done:
+                done.append(name)
+                assert len(await drain.read_new(redis, stream, 10)) == 3
+            return result
+
+        return call
+
+    for name in ("xinfo_groups", "xpending"):
+        monkeypatch.setattr(redis, name, then_another_drainer_reads(name))
+    await drain.trim_acknowledged(redis, stream)
+    monkeypatch.undo()
+
+    assert await redis.xlen(stream) >= 3
+    pending = await redis.xpending(stream, keys.CONSUMER_GROUP)
+    assert pending["pending"] == 3
+    claimed = await redis.xautoclaim(stream, keys.CONSUMER_GROUP, "reclaimer", 0, "0-0")
+    assert len(claimed[1]) == 3
+    assert claimed[2] == []  # none deleted
