@@ -338,3 +338,16 @@ async def test_openapi_documents_the_read_api(client: httpx.AsyncClient) -> None
     balance = schema["components"]["schemas"]["BalanceResponse"]
     assert {"user_id", "credits", "email", "updated_at"} <= set(balance["properties"])
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_database_out_of_reach_answers_503_in_the_error_shape(
+    settings: Settings, queue: Queue
+) -> None:
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql://postgres@127.0.0.1:1/nowhere"}
+    )
+    async for client in serve(create_app(unreachable, enqueue=queue)):
+        for path in ("/users/u1/balance", "/experiments/e1/usage"):
+            response = await client.get(path, headers=AUTH)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "database_unavailable"

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from metering.accounts import NotFound
@@ -69,6 +70,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(MeteringError, _metering_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    for unreachable in (OperationalError, InterfaceError, OSError):
+        app.add_exception_handler(unreachable, _database_unavailable)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -125,6 +128,13 @@ async def _metering_error(request: Request, error: Exception) -> JSONResponse:
     log.info("request refused", path=request.url.path, status=status, code=error.code)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(error_body(error.code, error.message), status, headers=headers)
+
+
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """PostgreSQL out of reach, or its connection lost mid-request: 503, as documented."""
+    log.warning("database unavailable", path=request.url.path, error=str(error))
+    message = "the database is unavailable; try again later"
+    return JSONResponse(error_body("database_unavailable", message), 503)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
