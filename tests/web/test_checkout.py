@@ -82,6 +82,7 @@ async def test_a_session_sells_credits_in_payment_mode(
     assert form["success_url"].startswith(f"{FRONTEND_URL}/")
     assert "{CHECKOUT_SESSION_ID}" in form["success_url"]
     assert form["cancel_url"].startswith(f"{FRONTEND_URL}/")
+    assert form["adaptive_pricing[enabled]"] == "false"
     assert await recorded(sessions, user_id) == [(body["id"], 1_000, 100, "usd")]
 
 

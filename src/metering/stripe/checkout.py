@@ -105,6 +105,9 @@ def session_params(user_id: str, credits: int, frontend_url: str) -> SessionCrea
         ],
         "success_url": f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": f"{base}/billing/cancel",
+        # The session's amounts stay in the recorded currency: with Adaptive Pricing on, Stripe
+        # may present (and, on older API versions, report) the buyer's local currency instead.
+        "adaptive_pricing": {"enabled": False},
     }
 
 
