@@ -95,6 +95,18 @@ def test_a_charges_refunded_amount_counts_only_what_no_known_refund_accounts_for
     assert reversals.held_cents({"ch_1": unnamed, "re_1": named, "re_2": failed}) == 700
 
 
+def test_a_refund_that_names_no_charge_is_not_counted_twice() -> None:
+    """Stripe's refund.charge may be null: that refund's money is part of a charge's refunded
+    amount all the same."""
+    unnamed = Reversal(Kind.UNNAMED, "ch_1", 500, "refunded", "ch_1")
+    chargeless = Reversal(Kind.REFUND, "re_1", 500, "succeeded", None)
+    more = Reversal(Kind.UNNAMED, "ch_1", 800, "refunded", "ch_1")
+
+    assert reversals.held_cents({"re_1": chargeless}) == 500
+    assert reversals.held_cents({"ch_1": unnamed, "re_1": chargeless}) == 500
+    assert reversals.held_cents({"ch_1": more, "re_1": chargeless}) == 800
+
+
 def test_keys_name_the_refund_or_dispute_and_its_change() -> None:
     re_ = refund(PI, 400, "succeeded", "re_k")
     listed = charge(PI, CENTS, 400, [re_])

@@ -136,7 +136,9 @@ def fold(state: State, reversals: Iterable[Reversal]) -> dict[str, Reversal]:
 
 def held_cents(state: State) -> int:
     """Cents the customer holds back: refunds and disputes not released, plus each charge's
-    refunded amount that no known refund (of any status) accounts for."""
+    refunded amount that no known refund (of any status) accounts for. A refund that names no
+    charge (Stripe allows it) belongs to one of the payment's charges: it accounts for refunded
+    amounts too, charge by charge in id order, so its money is never counted twice."""
     named: dict[str | None, int] = {}
     held = 0
     for reversal in state.values():
@@ -144,9 +146,12 @@ def held_cents(state: State) -> int:
             named[reversal.charge] = named.get(reversal.charge, 0) + reversal.cents
         if reversal.kind is not Kind.UNNAMED and reversal.holds:
             held += reversal.cents
-    for reversal in state.values():
-        if reversal.kind is Kind.UNNAMED:
-            held += max(0, reversal.cents - named.get(reversal.source, 0))
+    unattributed = named.pop(None, 0)
+    for source in sorted(s for s, r in state.items() if r.kind is Kind.UNNAMED):
+        unexplained = max(0, state[source].cents - named.get(source, 0))
+        absorbed = min(unexplained, unattributed)
+        unattributed -= absorbed
+        held += unexplained - absorbed
     return held
 
 
