@@ -91,7 +91,7 @@ async def record_purchase(session: AsyncSession, event: Mapping[str, Any]) -> Ha
     if checkout.get("payment_status") != "paid":
         return Handled(Outcome.NO_CREDITS)
     paid = purchases.verify_payment(order, checkout)
-    payment_intent = _id_of(checkout.get("payment_intent"))
+    payment_intent = reversals.reference_id(checkout.get("payment_intent"))
     if payment_intent is None:
         raise MalformedEvent(f"paid Checkout session {order.session_id} has no payment intent")
     await _lock_payment(session, payment_intent)
@@ -130,7 +130,7 @@ async def record_failed_payment(session: AsyncSession, event: Mapping[str, Any])
 async def settle_reversal(session: AsyncSession, event: Mapping[str, Any]) -> Handled:
     """A refund, dispute or refunded charge: the payment's clawback follows its reversals."""
     obj = _object(event)
-    payment_intent = _id_of(obj.get("payment_intent"))
+    payment_intent = reversals.reference_id(obj.get("payment_intent"))
     if payment_intent is None:
         return Handled(Outcome.IGNORED)
     try:
@@ -157,9 +157,11 @@ async def follow_up(
         checkout = _object(event)
         order = await purchases.find_order(session, _text(checkout, "id"))
         if order is not None:
-            return Handled(outcome, order.user_id, _id_of(checkout.get("payment_intent")))
+            return Handled(
+                outcome, order.user_id, reversals.reference_id(checkout.get("payment_intent"))
+            )
     if event_type in reversals.REVERSAL_EVENTS:
-        payment_intent = _id_of(_object(event).get("payment_intent"))
+        payment_intent = reversals.reference_id(_object(event).get("payment_intent"))
         purchase = None
         if payment_intent is not None:
             purchase = await purchases.find_purchase(session, payment_intent)
@@ -195,13 +197,6 @@ def _object(event: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
         raise MalformedEvent(f"event {event.get('id')} has no data.object")
     return obj
-
-
-def _id_of(value: Any) -> str | None:
-    """The id of a reference, whether Stripe sent it as an id or as an expanded object."""
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
 
 
 def _text(obj: Mapping[str, Any], key: str) -> str:

@@ -119,7 +119,7 @@ def observe(event_type: str, obj: Mapping[str, Any]) -> list[Reversal]:
                 _text(obj, "id"),
                 _cents(obj, "amount"),
                 status if isinstance(status, str) else "",
-                _id_of(obj.get("charge")),
+                reference_id(obj.get("charge")),
             )
         ]
     return []
@@ -187,11 +187,12 @@ def _refund(obj: Mapping[str, Any], charge: str | None) -> Reversal:
         _text(obj, "id"),
         _cents(obj, "amount"),
         status if isinstance(status, str) else "",
-        _id_of(obj.get("charge")) or charge,
+        reference_id(obj.get("charge")) or charge,
     )
 
 
-def _id_of(value: Any) -> str | None:
+def reference_id(value: Any) -> str | None:
+    """The id of a reference, whether Stripe sent it as an id or as an expanded object."""
     if isinstance(value, Mapping):
         value = value.get("id")
     return value if isinstance(value, str) and value else None

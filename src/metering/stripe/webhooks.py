@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.errors import PermanentError
 from metering.models import StripeEvent
+from metering.stripe.reversals import reference_id
 
 
 class InvalidWebhook(PermanentError):
@@ -102,10 +103,7 @@ def payment_intent_of(payload: Mapping[str, Any]) -> str | None:
     expanded object holding it)."""
     data = payload.get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
-    value = obj.get("payment_intent") if isinstance(obj, Mapping) else None
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
+    return reference_id(obj.get("payment_intent")) if isinstance(obj, Mapping) else None
 
 
 def _timestamp(signature: str) -> int:
