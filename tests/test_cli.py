@@ -52,6 +52,12 @@ def new_database_url() -> Iterator[str]:
     drop_database(url)
 
 
+def seeded(url: str) -> str:
+    """Migrate the database at `url` and seed it; the seed user's id."""
+    assert metering("db", "upgrade", database_url=url).returncode == 0
+    return str(json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"])
+
+
 async def execute(url: str, statement: str) -> None:
     engine = create_engine(url, pool_size=1)
     try:
@@ -179,8 +185,7 @@ async def test_an_operators_posting_moves_the_halt_flags_with_the_balance(
     """An adjustment that takes the balance to the halt threshold halts the user's running
     experiment; a top-up above it lifts the halt, as a purchase would."""
     url = new_database_url
-    assert metering("db", "upgrade", database_url=url).returncode == 0
-    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    user_id = seeded(url)
     await execute(
         url,
         'INSERT INTO "MAACExperiment" (id, name, "userId", status, "updatedAt") '
@@ -207,8 +212,7 @@ def test_an_operators_posting_is_reported_even_when_redis_is_out_of_reach(
     new_database_url: str,
 ) -> None:
     url = new_database_url
-    assert metering("db", "upgrade", database_url=url).returncode == 0
-    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    user_id = seeded(url)
     args = ("adjust", user_id, "--credits", "7", "--reason", "x", "--key", "R-1", "--json")
     result = subprocess.run(
         [METERING, *args],
@@ -239,8 +243,7 @@ async def test_operator_postings_are_once_per_key_and_say_who_made_them(
     posts once. Each row names its operator (flag or METERING_OPERATOR). A posting without a key
     or an operator is refused; a key already used for another posting is refused (exit 1)."""
     url = new_database_url
-    assert metering("db", "upgrade", database_url=url).returncode == 0
-    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    user_id = seeded(url)
     await execute(
         url,
         'INSERT INTO "MAACExperiment" (id, name, "userId", "updatedAt") '
@@ -289,8 +292,7 @@ async def test_reconcile_reports_a_deleted_owner_apart_from_violations(
     """After the platform deletes a user with charged usage, reconcile names the experiment as
     owner deleted and exits 0; a real violation beside it still exits 1."""
     url = new_database_url
-    assert metering("db", "upgrade", database_url=url).returncode == 0
-    user_id = json.loads(metering("seed", "--json", database_url=url).stdout)["user_id"]
+    user_id = seeded(url)
     await execute(
         url,
         'INSERT INTO "MAACExperiment" (id, name, "userId", "updatedAt") '
