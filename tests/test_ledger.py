@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -10,7 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
 from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
-from metering.models import CreditTransaction, MAACExperiment, TransactionType, UnbilledUsage, User
+from metering.models import (
+    CreditTransaction,
+    MAACExperiment,
+    TransactionType,
+    UnbilledUsage,
+    UsageCall,
+    User,
+)
 from metering.reconcile import Violation, find_violations
 from tests.factories import CALL, create_experiment, create_user, unique
 
@@ -191,9 +199,7 @@ def usage(experiment_id: str, exact: str, event_id: str | None = None) -> ledger
         event_id=event_id or unique("evt"),
         experiment_id=experiment_id,
         exact_credits=Decimal(exact),
-        description="usage",
         call=CALL,
-        metadata={"experimentId": experiment_id},
     )
 
 
@@ -202,6 +208,52 @@ async def experiment_state(sessions: Sessions, experiment_id: str) -> tuple[int,
         experiment = await session.get(MAACExperiment, experiment_id)
         assert experiment is not None
         return experiment.credits_used, experiment.exact_credits_used
+
+
+async def test_a_batch_writes_one_usage_row_per_experiment_model_and_tier(
+    sessions: Sessions,
+) -> None:
+    """Calls are summed: one USAGE row per experiment, provider, model and tier of a batch, whose
+    metadata keeps the platform's keys (token counts summed) beside the calls and exact cost;
+    each call keeps its own record."""
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 100)
+        experiment_id = await create_experiment(session, user_id)
+    other_model = replace(CALL, model="gpt-4o", input_tokens=10, output_tokens=1)
+    batch = [usage(experiment_id, "0.4") for _ in range(3)]
+    batch.append(replace(usage(experiment_id, "0.5"), call=other_model))
+    async with session_scope(sessions) as session:
+        outcome = await ledger.charge_usage(session, batch)
+    assert sorted(outcome.charged) == sorted(c.event_id for c in batch)
+    async with session_scope(sessions) as session:
+        rows = (
+            await session.scalars(
+                select(CreditTransaction)
+                .where(CreditTransaction.experiment_id == experiment_id)
+                .where(CreditTransaction.type == TransactionType.USAGE)
+            )
+        ).all()
+        calls = await session.scalar(
+            select(func.count())
+            .select_from(UsageCall)
+            .where(UsageCall.experiment_id == experiment_id)
+        )
+    by_model = {row.metadata_["model"]: row for row in rows}
+    assert sorted(by_model) == ["gpt-4o", "gpt-4o-mini"]
+    mini = by_model["gpt-4o-mini"]
+    assert {k: mini.metadata_[k] for k in ("experimentId", "tier", "provider", "calls")} == {
+        "experimentId": experiment_id,
+        "tier": "standard",
+        "provider": "openai",
+        "calls": 3,
+    }
+    assert (mini.metadata_["inputTokens"], mini.metadata_["outputTokens"]) == (3000, 600)
+    assert Decimal(mini.metadata_["exactCredits"]) == Decimal("1.2")
+    first = min(c.event_id for c in batch[:3])
+    assert mini.idempotency_key == f"usage:{first}"
+    assert sum(row.amount for row in rows) == -2  # ceil(1.7)
+    assert calls == 4
+    await assert_reconciled(sessions)
 
 
 async def test_usage_carry_charges_the_ceiling_of_the_exact_total(sessions: Sessions) -> None:
@@ -358,6 +410,11 @@ async def test_reconcile_reports_every_kind_of_violation(migrated_database: str)
             ): "creditsUsed = 3 but its exact cost 1.000000000000000000 rounds up to 1",
             ("transaction", "tx-bad"): "PURCHASE amount 0 has the wrong sign for its type",
             ("event", "evt-twice"): "recorded both as a USAGE row and as unbilled usage",
+            (
+                "calls",
+                experiment_id,
+            ): "its call records count 1 calls, 1000 input and 200 output tokens, its usage "
+            "rows 2 calls, 1000 input and 200 output tokens",
         }
     finally:
         await engine.dispose()

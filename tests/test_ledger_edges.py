@@ -54,9 +54,8 @@ def usage(
         event_id=event_id or unique("evt"),
         experiment_id=experiment_id,
         exact_credits=Decimal(exact),
-        description="usage",
         call=CALL,
-        metadata=metadata if metadata is not None else {"experimentId": experiment_id},
+        event_metadata=metadata,
     )
 
 
@@ -248,7 +247,7 @@ async def test_usage_metadata_with_a_nul_character_is_a_permanent_refusal(
     async with session_scope(sessions) as session:
         user_id = await create_user(session, 100)
         experiment_id = await create_experiment(session, user_id)
-    charge = usage(experiment_id, "1", metadata={"eventMetadata": event.metadata})
+    charge = usage(experiment_id, "1", metadata=event.metadata)
 
     async def work(session: AsyncSession) -> ledger.UsageOutcome:
         return await ledger.charge_usage(session, [charge])
@@ -266,16 +265,16 @@ async def test_usage_metadata_is_stored_as_given_beyond_64_bit_integers(
     async with session_scope(sessions) as session:
         user_id = await create_user(session, 100)
         experiment_id = await create_experiment(session, user_id)
-    charge = usage(experiment_id, "1", metadata={"eventMetadata": metadata})
+    charge = usage(experiment_id, "1", metadata=metadata)
     async with session_scope(sessions) as session:
         outcome = await ledger.charge_usage(session, [charge])
     assert outcome.charged == [charge.event_id]
     async with session_scope(sessions) as session:
         stored = await session.scalar(
-            text('SELECT metadata FROM "CreditTransaction" WHERE "idempotencyKey" = :key'),
-            {"key": f"usage:{charge.event_id}"},
+            text('SELECT metadata FROM "UsageCall" WHERE "eventId" = :id'),
+            {"id": charge.event_id},
         )
-    assert stored == {"eventMetadata": metadata}
+    assert stored == metadata
 
 
 @pytest.mark.parametrize("exact", ["NaN", "Infinity", "sNaN"])

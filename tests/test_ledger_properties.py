@@ -78,7 +78,7 @@ async def _run(
                         _, experiment, exact = op
                         charges.append(
                             ledger.UsageCharge(
-                                f"{run_id}-{key}", experiments[experiment], exact, "u", CALL
+                                f"{run_id}-{key}", experiments[experiment], exact, CALL
                             )
                         )
                 await ledger.charge_usage(session, charges)

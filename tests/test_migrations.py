@@ -14,11 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from metering import ledger, migrate
 from metering.db import create_engine, make_sessionmaker, session_scope
 from metering.errors import PermanentError
-from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.models import Base, CreditTransaction, TransactionType, UsageCall, User
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events, to_charges
+from metering.usage.streams import Entry
 from tests.pipeline.helpers import event, raw
 from tests.prisma.cli import billing_sql
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot

@@ -9,9 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
-from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.models import MAACExperiment
 from metering.pricing import get_catalog
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events, to_charges
+from metering.usage.streams import Entry
 from tests.pipeline.helpers import event, raw
 
 __all__ = ["charge_events", "event"]

@@ -39,7 +39,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import BigInteger, Integer, Numeric, Text
+from sqlalchemy.types import BigInteger, Integer, LargeBinary, Numeric, Text
 
 from metering.errors import Conflict, PermanentError, TransientError
 from metering.ids import cuids
@@ -149,7 +149,8 @@ class PostedTransaction:
 @dataclass(frozen=True)
 class CallFacts:
     """What one LLM call was, as its `UsageCall` record keeps it (with its experiment, owner and
-    cost): enough to recompute its exact cost from the catalog version."""
+    cost): enough to recompute its exact cost from the catalog version. `payload_digest` is the
+    event's SHA-256 in hex; the record keeps its first 16 bytes."""
 
     provider: str
     model: str
@@ -166,14 +167,17 @@ class CallFacts:
 
 @dataclass(frozen=True)
 class UsageCharge:
-    """One call's usage: `exact_credits` is its exact, fractional cost in credits (>= 0)."""
+    """One call's usage: `exact_credits` is its exact, fractional cost in credits (>= 0).
+
+    `event_metadata` is the producer's free-form metadata, kept on the call record;
+    `api_key_mode` the experiment's, noted on the USAGE row that sums the call."""
 
     event_id: str
     experiment_id: str
     exact_credits: Decimal
-    description: str
     call: CallFacts
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    api_key_mode: str | None = None
+    event_metadata: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -337,32 +341,30 @@ async def charge_usage(
             # without them.
             await savepoint.rollback()
         fresh = [c for c in fresh if c.event_id in recorded]
-    billed = [c for c in fresh if owners[c.experiment_id] is not None]
-    unbilled = [c for c in fresh if owners[c.experiment_id] is None]
-    # Each of these event ids has just got its call record, so no usage row of it can exist,
-    # unless a USAGE posting without an experiment took its key.
-    inserted = await _insert_usage_rows(session, _by_event_id(billed), owners, amounts)
-    if taken := [
-        e.event_id for e in billed if stored_key(KeyKind.USAGE, e.event_id) not in inserted
-    ]:
+    groups = _groups(fresh, amounts)
+    billed = [g for g in groups if owners[g.experiment_id] is not None]
+    # Each group's key is the usage key of an event that has just got its call record, so no
+    # usage row holds it, unless a USAGE posting without an experiment took it.
+    inserted = await _insert_usage_rows(session, billed, owners)
+    if taken := [g.first_event_id for g in billed if g.stored_key not in inserted]:
         raise KeyConflict(f"the usage key of event {', '.join(taken)} is taken by another posting")
-    await _insert_unbilled_rows(session, _by_event_id(unbilled), amounts)
+    await _insert_unbilled_rows(session, [g for g in groups if owners[g.experiment_id] is None])
 
     # Locked last and briefly: the rows above went in without waiting for other batches of the
     # same users.
     balances = await _lock_users(session, {u for u in owners.values() if u is not None})
     user_deltas: dict[str, int] = defaultdict(int)
     experiment_deltas: dict[str, int] = defaultdict(int)
-    for charge in fresh:
-        owner = owners[charge.experiment_id]
+    for group in groups:
+        owner = owners[group.experiment_id]
         if owner is not None:
-            user_deltas[owner] += amounts[charge.event_id]
-        experiment_deltas[charge.experiment_id] -= amounts[charge.event_id]
+            user_deltas[owner] += group.amount
+        experiment_deltas[group.experiment_id] -= group.amount
     await _apply_user_deltas(session, balances, user_deltas)
     await _apply_experiment_deltas(session, experiments, experiment_deltas, exact_totals)
 
-    outcome.charged = [c.event_id for c in billed]
-    outcome.unbilled = [c.event_id for c in unbilled]
+    outcome.charged = [c.event_id for c in fresh if owners[c.experiment_id] is not None]
+    outcome.unbilled = [c.event_id for c in fresh if owners[c.experiment_id] is None]
     recorded = {c.event_id for c in fresh}
     outcome.duplicates = [
         c.event_id for c in charges if c.experiment_id in owners and c.event_id not in recorded
@@ -370,6 +372,86 @@ async def charge_usage(
     outcome.amounts = {c.event_id: amounts[c.event_id] for c in fresh}
     outcome.balances = balances
     return outcome
+
+
+@dataclass
+class UsageGroup:
+    """The calls of one experiment, provider, model, tier and catalog version recorded by one
+    batch: one USAGE row (or UnbilledUsage row) sums them. `amount` is in credits (<= 0)."""
+
+    experiment_id: str
+    provider: str
+    model: str
+    tier: str
+    catalog_version: str
+    api_key_mode: str | None
+    first_event_id: str
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    exact_credits: Decimal = Decimal(0)
+    amount: int = 0
+
+    @property
+    def stored_key(self) -> str:
+        """The group's usage key: that of its first event (in id order), whose call record was
+        written with it, so no other group can ever hold it."""
+        return stored_key(KeyKind.USAGE, self.first_event_id)
+
+    def add(self, charge: UsageCharge, amount: int) -> None:
+        call = charge.call
+        self.calls += 1
+        self.input_tokens += call.input_tokens
+        self.output_tokens += call.output_tokens
+        self.cached_input_tokens += call.cached_input_tokens
+        self.cache_write_tokens += call.cache_write_tokens
+        self.reasoning_tokens += call.reasoning_tokens
+        self.exact_credits += charge.exact_credits
+        self.amount += amount
+
+    def description(self) -> str:
+        calls = "1 call" if self.calls == 1 else f"{self.calls:,} calls"
+        return (
+            f"{self.provider}/{self.model}: {calls}, {self.input_tokens:,} input, "
+            f"{self.output_tokens:,} output tokens"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The platform's camelCase keys first (token counts summed), then ours beside them."""
+        metadata: dict[str, Any] = {
+            "experimentId": self.experiment_id,
+            "tier": self.tier,
+            "provider": self.provider,
+            "model": self.model,
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "calls": self.calls,
+            "cachedInputTokens": self.cached_input_tokens,
+            "cacheWriteTokens": self.cache_write_tokens,
+            "reasoningTokens": self.reasoning_tokens,
+            "exactCredits": str(self.exact_credits),
+            "catalogVersion": self.catalog_version,
+        }
+        if self.api_key_mode is not None:
+            metadata["apiKeyMode"] = self.api_key_mode
+        return metadata
+
+
+def _groups(charges: Sequence[UsageCharge], amounts: Mapping[str, int]) -> list[UsageGroup]:
+    """The charges summed per experiment, provider, model, tier and catalog version, in key
+    order (so that batches wait on each other's keys in one order)."""
+    groups: dict[tuple[str, str, str, str, str], UsageGroup] = {}
+    for charge in sorted(charges, key=lambda c: c.event_id):
+        call = charge.call
+        key = (charge.experiment_id, call.provider, call.model, call.tier, call.catalog_version)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = UsageGroup(*key, charge.api_key_mode, charge.event_id)
+        group.add(charge, amounts[charge.event_id])
+    return sorted(groups.values(), key=lambda g: g.first_event_id)
 
 
 def _by_event_id(charges: Sequence[UsageCharge]) -> list[UsageCharge]:
@@ -494,9 +576,9 @@ async def _not_yet_recorded(session: AsyncSession, charges: list[UsageCharge]) -
 
 async def recorded_digests(
     session: AsyncSession, event_ids: Sequence[str]
-) -> dict[str, str | None]:
-    """The payload digest each of these events was recorded with (None if unknown), by event
-    id; events never recorded are absent."""
+) -> dict[str, bytes | None]:
+    """The payload digest each of these events was recorded with (`stored_digest`; None if
+    unknown), by event id; events never recorded are absent."""
     if not event_ids:
         return {}
     rows = await session.execute(
@@ -511,13 +593,14 @@ async def recorded_digests(
 _INSERT_CALLS = text(
     'INSERT INTO "UsageCall" ("eventId", "experimentId", "userId", provider, model, tier, '
     '"inputTokens", "outputTokens", "cachedInputTokens", "cacheWriteTokens", '
-    '"reasoningTokens", "exactCredits", credits, "occurredAt", "catalogVersion", "payloadDigest") '
+    '"reasoningTokens", "exactCredits", credits, "occurredAt", "catalogVersion", "payloadDigest", '
+    "metadata) "
     "SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:experiment_ids AS text[]), "
     "CAST(:user_ids AS text[]), CAST(:providers AS text[]), CAST(:models AS text[]), "
     "CAST(:tiers AS text[]), CAST(:input AS int[]), CAST(:output AS int[]), "
     "CAST(:cached AS int[]), CAST(:cache_write AS int[]), CAST(:reasoning AS int[]), "
     "CAST(:exact AS numeric[]), CAST(:credits AS int[]), CAST(:occurred AS timestamp(3)[]), "
-    "CAST(:versions AS text[]), CAST(:digests AS text[])) "
+    "CAST(:versions AS text[]), CAST(:digests AS bytea[]), CAST(:metadata AS jsonb[])) "
     'ON CONFLICT ("eventId") DO NOTHING RETURNING "eventId"'
 ).bindparams(
     *(
@@ -530,7 +613,7 @@ _INSERT_CALLS = text(
             "models",
             "tiers",
             "versions",
-            "digests",
+            "metadata",
         )
     ),
     *(
@@ -539,6 +622,7 @@ _INSERT_CALLS = text(
     ),
     bindparam("exact", type_=ARRAY(Numeric)),
     bindparam("occurred", type_=ARRAY(TIMESTAMP(precision=3))),
+    bindparam("digests", type_=ARRAY(LargeBinary)),
 )
 
 
@@ -571,10 +655,21 @@ async def _insert_calls(
             "credits": [-amounts[c.event_id] for c in charges],
             "occurred": [_utc(f.occurred_at) for f in calls],
             "versions": [f.catalog_version for f in calls],
-            "digests": [f.payload_digest for f in calls],
+            "digests": [stored_digest(f.payload_digest) for f in calls],
+            "metadata": [_json(c.event_metadata) for c in charges],
         },
     )
     return set(rows)
+
+
+DIGEST_BYTES = 16
+"""How much of an event's SHA-256 its call record keeps: enough to tell a redelivery with other
+content from a repeat (a false match has odds of 2**-128), in 17 bytes instead of 65."""
+
+
+def stored_digest(digest: str | None) -> bytes | None:
+    """An event's hex SHA-256 as its call record keeps it."""
+    return None if digest is None else bytes.fromhex(digest[: DIGEST_BYTES * 2])
 
 
 def _utc(moment: datetime) -> datetime:
@@ -621,23 +716,20 @@ async def _insert_transactions(session: AsyncSession, **columns: list[Any]) -> s
 
 
 async def _insert_usage_rows(
-    session: AsyncSession,
-    charges: Sequence[UsageCharge],
-    owners: Mapping[str, str | None],
-    amounts: Mapping[str, int],
+    session: AsyncSession, groups: Sequence[UsageGroup], owners: Mapping[str, str | None]
 ) -> set[str]:
-    """The USAGE rows of billed charges; returns the stored keys inserted."""
-    none: list[str | None] = [None] * len(charges)
+    """One USAGE row per group of billed calls; returns the stored keys inserted."""
+    none: list[str | None] = [None] * len(groups)
     return await _insert_transactions(
         session,
-        ids=cuids(len(charges)),
-        user_ids=[owners[c.experiment_id] for c in charges],
-        types=[TransactionType.USAGE.value] * len(charges),
-        amounts=[amounts[c.event_id] for c in charges],
-        descriptions=[c.description for c in charges],
-        metadata=[_json(c.metadata) for c in charges],
-        keys=[stored_key(KeyKind.USAGE, c.event_id) for c in charges],
-        experiment_ids=[c.experiment_id for c in charges],
+        ids=cuids(len(groups)),
+        user_ids=[owners[g.experiment_id] for g in groups],
+        types=[TransactionType.USAGE.value] * len(groups),
+        amounts=[g.amount for g in groups],
+        descriptions=[g.description() for g in groups],
+        metadata=[_json(g.metadata()) for g in groups],
+        keys=[g.stored_key for g in groups],
+        experiment_ids=[g.experiment_id for g in groups],
         payment_ids=none,
         checkout_ids=none,
     )
@@ -657,20 +749,18 @@ _INSERT_UNBILLED = text(
 )
 
 
-async def _insert_unbilled_rows(
-    session: AsyncSession, charges: Sequence[UsageCharge], amounts: Mapping[str, int]
-) -> None:
-    """The UnbilledUsage rows of charges of experiments without a user. Their call records were
-    just inserted, so their event ids are new here too."""
-    if not charges:
+async def _insert_unbilled_rows(session: AsyncSession, groups: Sequence[UsageGroup]) -> None:
+    """One UnbilledUsage row per group of calls of an experiment without a user, keyed by its
+    first event id, whose call record was just inserted."""
+    if not groups:
         return
     await session.execute(
         _INSERT_UNBILLED,
         {
-            "event_ids": [c.event_id for c in charges],
-            "experiment_ids": [c.experiment_id for c in charges],
-            "amounts": [amounts[c.event_id] for c in charges],
-            "metadata": [_json(c.metadata) for c in charges],
+            "event_ids": [g.first_event_id for g in groups],
+            "experiment_ids": [g.experiment_id for g in groups],
+            "amounts": [g.amount for g in groups],
+            "metadata": [_json(g.metadata()) for g in groups],
         },
     )
 

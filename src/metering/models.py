@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Text,
@@ -199,12 +200,14 @@ class UnbilledUsage(Base):
 class UsageCall(Base):
     """Ours. One typed record per recorded LLM call: the durable exactly-once memory of usage.
 
-    Keyed by the event id; written in the same transaction as the call's USAGE row (or its
-    UnbilledUsage row: `userId` is then NULL). No foreign key: it outlives the platform's
+    Keyed by the event id; written in the same transaction as the USAGE row that sums it with the
+    batch's other calls of its experiment, provider, model and tier (or the UnbilledUsage row:
+    `userId` is then NULL). Reports read usage from here. No foreign key: it outlives the platform's
     deletion of the user (whose transactions cascade away) and of the experiment, so an event id
     once recorded is never counted again. `userId` is the owner charged; `exactCredits` the
     call's exact cost, recomputable from the token counts, tier, `occurredAt` and
-    `catalogVersion`; `credits` the whole credits it was charged (>= 0, minus its usage amount).
+    `catalogVersion`; `credits` the whole credits it was charged (>= 0: its share of its USAGE
+    row's amount); `metadata` the producer's free-form metadata, if any.
     """
 
     __tablename__ = "UsageCall"
@@ -225,8 +228,9 @@ class UsageCall(Base):
     credits: Mapped[int] = mapped_column("credits", Integer, nullable=False)
     occurred_at: Mapped[datetime] = mapped_column("occurredAt", TIMESTAMP_MS, nullable=False)
     catalog_version: Mapped[str] = mapped_column("catalogVersion", Text, nullable=False)
-    payload_digest: Mapped[str | None] = mapped_column("payloadDigest", Text)
+    payload_digest: Mapped[bytes | None] = mapped_column("payloadDigest", LargeBinary)
     created_at: Mapped[datetime] = _created_at()
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
 
 
 class StripeEvent(Base):

@@ -52,6 +52,44 @@ _EXPERIMENT_VIOLATIONS = text(
 )
 
 
+_CALLS_DISAGREE = text(
+    """
+    SELECT e.id, COALESCE(c.calls, 0) AS calls, COALESCE(c.input, 0) AS input,
+           COALESCE(c.output, 0) AS output,
+           COALESCE(r.calls, 0) + COALESCE(c.orphaned_calls, 0) AS ledger_calls,
+           COALESCE(r.input, 0) + COALESCE(c.orphaned_input, 0) AS ledger_input,
+           COALESCE(r.output, 0) + COALESCE(c.orphaned_output, 0) AS ledger_output
+    FROM "MAACExperiment" e
+    LEFT JOIN (
+        SELECT c."experimentId", count(*) AS calls, SUM(c."inputTokens") AS input,
+               SUM(c."outputTokens") AS output,
+               count(*) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL) AS orphaned_calls,
+               SUM(c."inputTokens") FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL)
+                   AS orphaned_input,
+               SUM(c."outputTokens") FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL)
+                   AS orphaned_output
+        FROM "UsageCall" c LEFT JOIN "User" u ON u.id = c."userId"
+        GROUP BY c."experimentId"
+    ) c ON c."experimentId" = e.id
+    LEFT JOIN (
+        SELECT "experimentId", SUM(COALESCE((metadata->>'calls')::bigint, 1)) AS calls,
+               SUM((metadata->>'inputTokens')::bigint) AS input,
+               SUM((metadata->>'outputTokens')::bigint) AS output
+        FROM (
+            SELECT "experimentId", metadata FROM "CreditTransaction"
+            WHERE type = 'USAGE' AND "experimentId" IS NOT NULL
+            UNION ALL
+            SELECT "experimentId", metadata FROM "UnbilledUsage"
+        ) rows
+        GROUP BY "experimentId"
+    ) r ON r."experimentId" = e.id
+    WHERE COALESCE(c.calls, 0) <> COALESCE(r.calls, 0) + COALESCE(c.orphaned_calls, 0)
+       OR COALESCE(c.input, 0) <> COALESCE(r.input, 0) + COALESCE(c.orphaned_input, 0)
+       OR COALESCE(c.output, 0) <> COALESCE(r.output, 0) + COALESCE(c.orphaned_output, 0)
+    ORDER BY e.id
+    """
+)
+
 _SIGN_VIOLATIONS = text(
     """
     SELECT id, type::text AS type, amount FROM "CreditTransaction"
@@ -110,7 +148,9 @@ class Violation:
 async def find_violations(session: AsyncSession) -> list[Violation]:
     """Every broken invariant: a user whose credits differ from SUM(amount); an experiment whose
     creditsUsed differs from -SUM(its usage amounts) or from the ceiling of its exact cost; a row
-    whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled.
+    whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled;
+    an experiment whose usage rows (each summing `calls` calls, 1 if it does not say) and call
+    records count other calls or tokens.
 
     An experiment's usage counts its USAGE and UnbilledUsage rows, and the call records charged to
     users deleted since (whose USAGE rows went with them); it must also equal the sum of all its
@@ -141,6 +181,13 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
                 f"rounds up to {row.exact_ceiling}"
             )
         violations.append(Violation("experiment", row.id, row.recorded, int(row.expected), detail))
+    for row in await session.execute(_CALLS_DISAGREE):
+        detail = (
+            f"its call records count {row.calls} calls, {row.input} input and {row.output} "
+            f"output tokens, its usage rows {row.ledger_calls} calls, {row.ledger_input} input "
+            f"and {row.ledger_output} output tokens"
+        )
+        violations.append(Violation("calls", row.id, row.ledger_calls, row.calls, detail))
     for row in await session.execute(_SIGN_VIOLATIONS):
         detail = f"{row.type} amount {row.amount} has the wrong sign for its type"
         violations.append(Violation("transaction", row.id, row.amount, row.amount, detail))

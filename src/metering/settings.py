@@ -70,8 +70,6 @@ class Settings(BaseSettings):
     """An entry delivered more often than this is dead-lettered (it keeps failing)."""
     metering_unknown_experiment_retry_s: int = Field(default=300, ge=0)
     """Events of an experiment not yet in the database are retried this long, then dead-lettered."""
-    metering_drain_lock_ms: int = Field(default=15_000, ge=1_000)
-    """Lease of a shard's drain lock, renewed per batch; a dead drainer's lease lapses after it."""
     metering_drain_budget_s: float = Field(default=10, gt=0)
     """A drain task reads for at most this long, then hands over to a fresh task."""
 

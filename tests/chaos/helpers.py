@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from metering import keys
 from metering.db import session_scope
-from metering.models import CreditTransaction
+from metering.models import UsageCall
 from tests.factories import create_experiment, create_user
 from tests.pipeline.helpers import (
     Sessions,
@@ -28,7 +28,6 @@ from tests.pipeline.helpers import (
 WORKER_ENV = {
     "METERING_USAGE_BATCH_SIZE": "50",
     "METERING_USAGE_CLAIM_IDLE_MS": "500",
-    "METERING_DRAIN_LOCK_MS": "1000",
     "METERING_UNKNOWN_EXPERIMENT_RETRY_S": "0",
     "METERING_USAGE_MAX_DELIVERIES": "1000",
 }
@@ -107,21 +106,21 @@ class Books:
         used = sum(self.expected_used(e) for e, owner in self.owners.items() if owner == user_id)
         return self.credits + self.extra[user_id] - used
 
-    async def usage_rows(self, sessions: Sessions) -> int:
+    async def calls_recorded(self, sessions: Sessions) -> int:
         async with sessions() as session:
             return int(
                 await session.scalar(
-                    select(func.count()).where(CreditTransaction.experiment_id.in_(self.owners))
+                    select(func.count()).where(UsageCall.experiment_id.in_(self.owners))
                 )
                 or 0
             )
 
     async def all_charged(self, sessions: Sessions) -> bool:
-        return await self.usage_rows(sessions) == len(self.event_ids())
+        return await self.calls_recorded(sessions) == len(self.event_ids())
 
     async def assert_exact(self, sessions: Sessions) -> None:
         """One USAGE row per distinct event id, the exact balances, and `reconcile` clean."""
-        assert await self.usage_rows(sessions) == len(self.event_ids())
+        assert await self.calls_recorded(sessions) == len(self.event_ids())
         for experiment_id in self.experiments:
             assert await credits_used(sessions, experiment_id) == self.expected_used(
                 experiment_id

@@ -11,11 +11,12 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import drain, keys, ledger
+from metering import keys, ledger
 from metering.db import create_engine, make_sessionmaker, run_in_transaction
-from metering.ingest import Entry
 from metering.models import TransactionType
 from metering.settings import get_settings
+from metering.usage import drain
+from metering.usage.streams import Entry
 from tests.chaos.helpers import (
     WORKER_ENV,
     Books,

@@ -33,11 +33,11 @@ async def test_ten_sigkills_mid_batch_lose_and_double_nothing(
     for _ in range(KILLS):
         with running_worker("usage", env=WORKER_ENV) as worker:
             # Progress first (this also reclaims what the previous kill left pending)...
-            before = await books.usage_rows(sessions)
+            before = await books.calls_recorded(sessions)
             await publish(redis, redis_prefix, books.events(150, rng))
 
             async def progressed(before: int = before) -> bool:
-                return await books.usage_rows(sessions) > before
+                return await books.calls_recorded(sessions) > before
 
             await eventually(progressed, "progress after a restart")
             # ...then a batch held open on a row lock, and the worker killed inside it.
@@ -45,7 +45,7 @@ async def test_ten_sigkills_mid_batch_lose_and_double_nothing(
                 await publish(redis, redis_prefix, books.events(100, rng))
                 await eventually(lambda: _blocked(engine), "a batch blocked inside its transaction")
                 worker.kill()
-    assert await books.usage_rows(sessions) < len(books.event_ids())
+    assert await books.calls_recorded(sessions) < len(books.event_ids())
 
     with running_worker("usage", concurrency=2, env=WORKER_ENV):
         await eventually(lambda: books.all_charged(sessions), "every event charged")

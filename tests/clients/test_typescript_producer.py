@@ -14,12 +14,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from metering import drain, keys
+from metering import keys
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter, event_from_usage
 from metering.events import parse_event
 from metering.models import CreditTransaction
 from metering.settings import get_settings
+from metering.usage import drain
 from tests.clients.cases import USAGE
 from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique

@@ -14,13 +14,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from metering import alerts, drain, halt, keys, ledger
+from metering import alerts, halt, keys, ledger
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
 from metering.ledger import INT32_MIN
 from metering.models import TransactionType
 from metering.settings import Settings
 from metering.stripe.webhooks import ReceivedEvent, store_event
+from metering.usage import dead_letters
 from tests.factories import create_experiment, create_user, unique
 from tests.ops.conftest import send
 from tests.ops.test_metrics import scrape, value
@@ -266,7 +267,7 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
     assert (sum(m["events"] for m in uncharged), sum(m["credits"] for m in uncharged)) == (2, 600)
     assert len(published) == len(floors) + len(uncharged)
 
-    letters = await drain.list_dead_letters(redis, ops_prefix)
+    letters = await dead_letters.list_dead_letters(redis, ops_prefix)
     assert [d.reason for d in letters] == ["balance_overflow", "balance_overflow"]
     logged = error_lines(log, "usage left uncharged and dead-lettered")
     assert sorted(r["event_id"] for r in logged) == sorted(d.event_id for d in letters)
@@ -294,11 +295,11 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
             session,
             ledger.Posting(edge_user, TransactionType.ADJUSTMENT, 10_000, "top-up", unique("top")),
         )
-    await drain.replay_dead_letters(redis, ops_prefix, 1, letters)
+    await dead_letters.replay_dead_letters(redis, ops_prefix, 1, letters)
     with running_worker("usage", env=env):
         await drained(redis, ops_prefix)
     assert await balance(sessions, edge_user) == INT32_MIN + 200 + 10_000 - 600
-    assert await drain.list_dead_letters(redis, ops_prefix) == []
+    assert await dead_letters.list_dead_letters(redis, ops_prefix) == []
     assert await violations(sessions) == []
 
 

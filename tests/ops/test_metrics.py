@@ -9,14 +9,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from metering import drain, keys
+from metering import keys
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
 from metering.settings import Settings
+from metering.usage import streams
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
 from tests.ops.conftest import send
-from tests.pipeline.helpers import Sessions, event, raw, usage_rows
+from tests.pipeline.helpers import Sessions, calls_recorded, event, raw
 from tests.support import eventually
 from tests.web.conftest import serve
 from tests.workers import running_worker
@@ -64,7 +65,7 @@ async def test_metrics_move_when_events_flow(
         user_id = await create_user(session, 1_000_000)
         experiment_id = await create_experiment(session, user_id)
     stream = keys.usage_stream(ops_prefix)
-    await drain.ensure_group(redis, stream)
+    await streams.ensure_group(redis, stream)
     await AsyncEmitter(redis, prefix=ops_prefix).emit_many(
         [event(experiment_id, n) for n in range(EVENTS)]
     )
@@ -91,7 +92,7 @@ async def test_metrics_move_when_events_flow(
 
         await eventually(counted, "the worker's counters")
 
-    assert await usage_rows(sessions, experiment_id) == EVENTS
+    assert await calls_recorded(sessions, experiment_id) == EVENTS
     _, after = await scrape(settings)
     assert value(after, "metering_usage_events_total", outcome="charged") == EVENTS
     assert value(after, "metering_usage_events_total", outcome="dead_lettered") == 1

@@ -11,10 +11,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from metering import drain, keys, metrics
+from metering import keys, metrics
 from metering.backlog import read_backlog
 from metering.db import create_engine, make_sessionmaker, session_scope
 from metering.settings import Settings
+from metering.usage import streams
 from tests.factories import create_user
 from tests.ops.conftest import send
 from tests.ops.scrape import samples, scrape
@@ -33,12 +34,12 @@ async def test_oldest_pending_age_is_that_of_the_oldest_unacknowledged_entry(
     now_ms = int(time.time() * 1000)
     first = await redis.xadd(stream, raw(event("exp")), id=f"{now_ms - 90_000}-0")
     await redis.xadd(stream, raw(event("exp")), id=f"{now_ms - 30_000}-0")
-    await drain.ensure_group(redis, stream)
+    await streams.ensure_group(redis, stream)
 
     undelivered = (await read_backlog(redis, prefix, 1)).streams[0]
     assert (undelivered.lag, undelivered.pending, undelivered.oldest_pending_age_s) == (2, 0, 0)
 
-    await drain.read_new(redis, stream, 10)
+    await streams.read_new(redis, stream, "test", 10)
     both = (await read_backlog(redis, prefix, 1)).streams[0]
     assert both.pending == 2
     assert 90 <= both.oldest_pending_age_s < 3600

@@ -11,11 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.events import UsageEvent
-from metering.ingest import token_usage
-from metering.models import CreditTransaction, MAACExperiment, User
+from metering.models import MAACExperiment, UsageCall, User
 from metering.pricing import charge_exact_credits, get_catalog
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
+from metering.usage.price import token_usage
 
 Sessions = async_sessionmaker[AsyncSession]
 OCCURRED_AT = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
@@ -68,11 +68,12 @@ def expected_credits(documents: Iterable[dict[str, Any]], api_key_mode: str = "s
     return whole_credits(total)
 
 
-async def usage_rows(sessions: Sessions, experiment_id: str) -> int:
+async def calls_recorded(sessions: Sessions, experiment_id: str) -> int:
+    """The experiment's call records: one per event charged (or recorded unbilled)."""
     async with sessions() as session:
         return int(
             await session.scalar(
-                select(func.count()).where(CreditTransaction.experiment_id == experiment_id)
+                select(func.count()).where(UsageCall.experiment_id == experiment_id)
             )
             or 0
         )

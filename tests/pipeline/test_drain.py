@@ -9,20 +9,21 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from metering import drain, halt, keys
+from metering import halt, keys
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
 from metering.models import MAACExperiment
 from metering.settings import get_settings
+from metering.usage import dead_letters, drain, streams
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import (
     Sessions,
     balance,
+    calls_recorded,
     credits_used,
     event,
     expected_credits,
     raw,
-    usage_rows,
     violations,
 )
 
@@ -42,8 +43,10 @@ async def owner(sessions: Sessions, credits: int = 10_000, mode: str = "system")
     return user_id, experiment_id
 
 
-async def dead_letters(redis: Redis, config: drain.DrainConfig) -> list[drain.DeadLetterRecord]:
-    return await drain.list_dead_letters(redis, config.prefix, 1000)
+async def letters_of(
+    redis: Redis, config: drain.DrainConfig
+) -> list[dead_letters.DeadLetterRecord]:
+    return await dead_letters.list_dead_letters(redis, config.prefix, 1000)
 
 
 async def drain_all(
@@ -51,7 +54,6 @@ async def drain_all(
 ) -> drain.BatchReport:
     report = await drain.drain_stream(redis, sessions, config, 0)
     assert not report.more
-    assert not report.skipped
     return report
 
 
@@ -73,7 +75,7 @@ async def test_events_from_emitter_and_raw_xadd_are_charged_once(
     assert (report.read, report.charged, report.duplicates, report.dead) == (8, 7, 1, 0)
     assert again.read == 0
     expected = expected_credits(documents)
-    assert await usage_rows(sessions, experiment_id) == 7
+    assert await calls_recorded(sessions, experiment_id) == 7
     assert await credits_used(sessions, experiment_id) == expected
     assert await balance(sessions, user_id) == 10_000 - expected
     assert await redis.xpending(stream, "metering") == {
@@ -103,7 +105,7 @@ async def test_poison_entries_are_dead_lettered_and_the_rest_is_charged(
     report = await drain_all(redis, sessions, config)
 
     assert (report.charged, report.dead) == (3, 5)
-    letters = await dead_letters(redis, config)
+    letters = await letters_of(redis, config)
     assert [(d.reason, d.event_id) for d in letters] == [
         ("invalid_event", ""),
         ("invalid_event", "neg-1"),
@@ -131,7 +133,7 @@ async def test_a_conflicting_redelivery_across_batches_is_dead_lettered(
     report = await drain_all(redis, sessions, config)
 
     assert (report.duplicates, report.dead) == (1, 1)
-    assert [d.reason for d in await dead_letters(redis, config)] == ["conflicting_duplicate"]
+    assert [d.reason for d in await letters_of(redis, config)] == ["conflicting_duplicate"]
     assert await credits_used(sessions, experiment_id) == expected_credits([first])
 
 
@@ -161,7 +163,7 @@ async def test_unknown_experiment_is_retried_then_charged_once_it_exists(
     await _wait_idle(config)
     expired = await drain.reclaim_stream(redis, sessions, replace(config, unknown_retry_ms=0), 0)
     assert (expired.read, expired.dead) == (1, 1)
-    assert [d.reason for d in await dead_letters(redis, config)] == ["unknown_experiment"]
+    assert [d.reason for d in await letters_of(redis, config)] == ["unknown_experiment"]
 
 
 async def test_budget_stop_raises_the_halt_flag(
@@ -192,8 +194,8 @@ async def test_entries_of_a_crashed_drainer_are_reclaimed_and_charged_once(
     documents = [event(experiment_id, n) for n in range(5)]
     await AsyncEmitter(redis, prefix=config.prefix).emit_many(documents)
     stream = config.stream(0)
-    await drain.ensure_group(redis, stream)
-    crashed = await drain.read_new(redis, stream, 3)  # read, then died before charging
+    await streams.ensure_group(redis, stream)
+    crashed = await streams.read_new(redis, stream, "test", 3)  # read, then died before charging
     await drain.process_batch(redis, sessions, config, crashed[:1])  # one charged and acked
 
     await drain_all(redis, sessions, config)
@@ -201,7 +203,7 @@ async def test_entries_of_a_crashed_drainer_are_reclaimed_and_charged_once(
     reclaimed = await drain.reclaim_stream(redis, sessions, config, 0)
 
     assert (reclaimed.read, reclaimed.charged) == (2, 2)
-    assert await usage_rows(sessions, experiment_id) == 5
+    assert await calls_recorded(sessions, experiment_id) == 5
     assert await credits_used(sessions, experiment_id) == expected_credits(documents)
     assert (await redis.xpending(stream, "metering"))["pending"] == 0
     assert await violations(sessions) == []
@@ -214,19 +216,19 @@ async def test_an_entry_past_the_delivery_limit_is_dead_lettered(
     config = replace(config, max_deliveries=2)
     stream = config.stream(0)
     await redis.xadd(stream, raw(event(experiment_id)))
-    await drain.ensure_group(redis, stream)
-    await drain.read_new(redis, stream, 10)
+    await streams.ensure_group(redis, stream)
+    await streams.read_new(redis, stream, "test", 10)
     for _ in range(2):
         await _wait_idle(config)
-        await drain.claim_stalled(redis, stream, config.claim_idle_ms, 10)
+        await streams.claim_stalled(redis, stream, "test", config.claim_idle_ms, 10)
     await _wait_idle(config)
 
     report = await drain.reclaim_stream(redis, sessions, config, 0)
 
     assert (report.charged, report.dead) == (0, 1)
-    (letter,) = await dead_letters(redis, config)
+    (letter,) = await letters_of(redis, config)
     assert (letter.reason, letter.deliveries) == ("delivery_limit", 4)
-    assert await usage_rows(sessions, experiment_id) == 0
+    assert await calls_recorded(sessions, experiment_id) == 0
 
 
 async def test_replaying_dead_letters_charges_only_what_was_not_charged(
@@ -238,22 +240,22 @@ async def test_replaying_dead_letters_charges_only_what_was_not_charged(
     waiting = event("exp-replayed")
     await redis.xadd(config.stream(0), raw(waiting))
     await drain_all(redis, sessions, config)
-    (letter,) = await dead_letters(redis, config)
+    (letter,) = await letters_of(redis, config)
     assert letter.reason == "unknown_experiment"
 
     async with session_scope(sessions) as session:
         experiment_id = await create_experiment(session, user_id)
     fixed = event(experiment_id, event_id=waiting["event_id"])
     fixed_letter = replace(letter, payload=json.dumps(fixed))
-    replayed = await drain.replay_dead_letters(redis, config.prefix, 1, [fixed_letter])
+    replayed = await dead_letters.replay_dead_letters(redis, config.prefix, 1, [fixed_letter])
     assert [dead_id for dead_id, _ in replayed] == [letter.dead_id]
-    assert await dead_letters(redis, config) == []
+    assert await letters_of(redis, config) == []
     await drain_all(redis, sessions, config)
-    await drain.replay_dead_letters(redis, config.prefix, 1, [fixed_letter])
+    await dead_letters.replay_dead_letters(redis, config.prefix, 1, [fixed_letter])
     again = await drain_all(redis, sessions, config)
 
     assert again.duplicates == 1
-    assert await usage_rows(sessions, experiment_id) == 1
+    assert await calls_recorded(sessions, experiment_id) == 1
     assert await credits_used(sessions, experiment_id) == expected_credits([fixed])
 
 
@@ -283,12 +285,43 @@ async def test_acknowledged_entries_are_trimmed(
     assert await redis.xlen(config.stream(0)) < 300
 
 
-async def test_a_held_lock_skips_the_drain(
+async def test_drains_of_one_stream_share_its_entries_and_charge_each_once(
     redis: Redis, sessions: Sessions, config: drain.DrainConfig
 ) -> None:
-    await redis.set(drain.lock_key(config.stream(0)), "someone else", px=10_000)
-    report = await drain.drain_stream(redis, sessions, config, 0)
-    assert report.skipped
+    """Two worker processes (two consumers) drain one stream at once, with no lock: each entry
+    goes to one of them, both take part, and every event is charged once."""
+    user_id, experiment_id = await owner(sessions)
+    documents = [event(experiment_id, n) for n in range(400)]
+    await AsyncEmitter(redis, prefix=config.prefix).emit_many(documents)
+    small = replace(config, batch_size=20)
+    first, second = await asyncio.gather(
+        drain.drain_stream(redis, sessions, replace(small, consumer="first"), 0),
+        drain.drain_stream(redis, sessions, replace(small, consumer="second"), 0),
+    )
+    assert first.read > 0
+    assert second.read > 0
+    assert first.charged + second.charged == 400
+    assert first.duplicates == second.duplicates == 0
+    assert await credits_used(sessions, experiment_id) == expected_credits(documents)
+    assert await balance(sessions, user_id) == 10_000 - expected_credits(documents)
+    assert await violations(sessions) == []
+
+
+async def test_consumers_long_idle_with_nothing_pending_are_forgotten(
+    redis: Redis, config: drain.DrainConfig
+) -> None:
+    stream = config.stream(0)
+    await streams.ensure_group(redis, stream)
+    for _ in range(2):
+        await redis.xadd(stream, {"event": "{}"})
+    await streams.read_new(redis, stream, "holds-one", 1)
+    (done,) = await streams.read_new(redis, stream, "acknowledged-all", 1)
+    await streams.acknowledge(redis, stream, [done.entry_id])
+    await asyncio.sleep(0.05)
+    assert await streams.forget_idle_consumers(redis, stream, idle_ms=60_000) == []
+    assert await streams.forget_idle_consumers(redis, stream, idle_ms=10) == ["acknowledged-all"]
+    consumers = await redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)
+    assert [c["name"] for c in consumers] == [b"holds-one"]
 
 
 async def _wait_idle(config: drain.DrainConfig) -> None:
@@ -330,9 +363,10 @@ async def test_a_trim_never_drops_entries_another_drainer_reads_meanwhile(
     """A drainer that lost its lease trims while another reads: the entries read in between are
     pending and uncharged, and must stay in the stream for a reclaim."""
     stream = config.stream(0)
-    await drain.ensure_group(redis, stream)
+    await streams.ensure_group(redis, stream)
     first = await redis.xadd(stream, {"event": "{}"})
-    assert [e.entry_id for e in await drain.read_new(redis, stream, 10)] == [first.decode()]
+    read = await streams.read_new(redis, stream, "test", 10)
+    assert [e.entry_id for e in read] == [first.decode()]
     await redis.xack(stream, keys.CONSUMER_GROUP, first)
     for n in range(3):
         await redis.xadd(stream, {"event": json.dumps({"n": n})})
@@ -347,14 +381,14 @@ async def test_a_trim_never_drops_entries_another_drainer_reads_meanwhile(
             result = await real(*args)
             if not done:
                 done.append(name)
-                assert len(await drain.read_new(redis, stream, 10)) == 3
+                assert len(await streams.read_new(redis, stream, "test", 10)) == 3
             return result
 
         return call
 
     for name in ("xinfo_groups", "xpending"):
         monkeypatch.setattr(redis, name, then_another_drainer_reads(name))
-    await drain.trim_acknowledged(redis, stream)
+    await streams.trim_acknowledged(redis, stream)
     monkeypatch.undo()
 
     assert await redis.xlen(stream) >= 3

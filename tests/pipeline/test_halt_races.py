@@ -16,12 +16,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import drain, halt
+from metering import halt
 from metering.db import session_scope
 from metering.emitter import AsyncEmitter
 from metering.settings import get_settings
 from metering.stripe import processing
 from metering.stripe.webhooks import ReceivedEvent, store_event
+from metering.usage import drain
 from tests.chaos.helpers import waiting_on_a_lock
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import Sessions, balance, event, violations

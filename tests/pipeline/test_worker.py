@@ -17,11 +17,11 @@ from tests.factories import create_experiment, create_user
 from tests.pipeline.helpers import (
     Sessions,
     balance,
+    calls_recorded,
     credits_used,
     event,
     expected_credits,
     raw,
-    usage_rows,
     violations,
 )
 from tests.support import eventually
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 WORKER_ENV = {
     "METERING_USAGE_BATCH_SIZE": "100",
     "METERING_USAGE_CLAIM_IDLE_MS": "1000",
-    "METERING_DRAIN_LOCK_MS": "2000",
     "METERING_UNKNOWN_EXPERIMENT_RETRY_S": "0",
     # Reclaims of a batch blocked on a row lock count deliveries: don't wear entries out here.
     "METERING_USAGE_MAX_DELIVERIES": "1000",
@@ -86,14 +85,14 @@ async def test_emitted_and_raw_events_are_charged_exactly_once(
         await redis.xadd(stream, raw(document))
 
     async def charged() -> bool:
-        return await usage_rows(sessions, experiment_id) == 250
+        return await calls_recorded(sessions, experiment_id) == 250
 
     await eventually(charged, "every event charged")
     await AsyncEmitter(redis, prefix=redis_prefix).emit_many(documents[:5])  # late retries
     await eventually(lambda: _settled(redis, stream), "the stream settled")
 
     expected = expected_credits(documents)
-    assert await usage_rows(sessions, experiment_id) == 250
+    assert await calls_recorded(sessions, experiment_id) == 250
     assert await credits_used(sessions, experiment_id) == expected
     assert await balance(sessions, user_id) == 1_000_000 - expected
     assert await violations(sessions) == []
@@ -150,7 +149,7 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
             lambda: _rows_above(sessions, experiment_id, 0), "a first row", every_s=0.01
         )
         doomed.kill()
-    charged_before_restart = await usage_rows(sessions, experiment_id)
+    charged_before_restart = await calls_recorded(sessions, experiment_id)
     assert charged_before_restart < len(documents)
 
     with usage_worker(concurrency=2):
@@ -165,11 +164,11 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
 
 
 async def _rows_are(sessions: Sessions, experiment_id: str, count: int) -> bool:
-    return await usage_rows(sessions, experiment_id) == count
+    return await calls_recorded(sessions, experiment_id) == count
 
 
 async def _rows_above(sessions: Sessions, experiment_id: str, count: int) -> bool:
-    return await usage_rows(sessions, experiment_id) > count
+    return await calls_recorded(sessions, experiment_id) > count
 
 
 async def _settled(redis: Redis, stream: str) -> bool:

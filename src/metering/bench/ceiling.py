@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import ledger
 from metering.bench.workload import Workload
 from metering.db import create_engine, make_sessionmaker, run_in_transaction
-from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.pricing import get_catalog
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events, to_charges
+from metering.usage.streams import Entry
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from metering import ledger
 from metering.db import run_in_transaction
 from metering.errors import PermanentError, TransientError
 from metering.ids import cuid
-from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.pricing import get_catalog
 from metering.pricing.money import credits_due
 from metering.settings import Settings, get_settings
 from metering.tasks import runtime
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events, to_charges
+from metering.usage.streams import Entry
 
 QUEUE = "naive"
 TASK = "metering.bench.naive.charge_one"
@@ -109,21 +111,31 @@ async def charge(
             settings.metering_platform_fee_usd_per_million,
         )
         amount = -credits_due(experiment.exact, usage.exact_credits)
+        call = usage.call
+        row = ledger.UsageGroup(
+            event.experiment_id,
+            call.provider,
+            call.model,
+            call.tier,
+            call.catalog_version,
+            usage.api_key_mode,
+            usage.event_id,
+        )
+        row.add(usage, amount)
         inserted = await session.scalar(
             _INSERT,
             {
                 "id": row_id,
                 "user_id": experiment.user_id,
                 "amount": amount,
-                "description": usage.description,
-                "metadata": json.dumps(usage.metadata, separators=(",", ":")),
+                "description": row.description(),
+                "metadata": json.dumps(row.metadata(), separators=(",", ":")),
                 "key": ledger.stored_key(ledger.KeyKind.USAGE, usage.event_id),
                 "experiment_id": event.experiment_id,
             },
         )
         if inserted is None:
             return  # charged before: a redelivery
-        call = usage.call
         await session.execute(
             _RECORD,
             {
@@ -142,7 +154,7 @@ async def charge(
                 "credits": -amount,
                 "occurred_at": call.occurred_at.astimezone(UTC).replace(tzinfo=None),
                 "catalog_version": call.catalog_version,
-                "digest": call.payload_digest,
+                "digest": ledger.stored_digest(call.payload_digest),
             },
         )
         await session.execute(_DEBIT, {"amount": amount, "id": experiment.user_id})

@@ -19,7 +19,7 @@ from rich.table import Table
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, drain, keys, migrate, redis_client
+from metering import accounts, keys, migrate, redis_client
 from metering.backlog import read_backlog
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
@@ -33,6 +33,7 @@ from metering.processes import ProcessGroup, celery_command
 from metering.reconcile import find_violations
 from metering.redis_client import AsyncRedis, ClusterBrokerError
 from metering.settings import get_settings
+from metering.usage import dead_letters
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 IDS = typer.Option([], "--id", help="Dead letter ids (default: all).")
@@ -110,10 +111,10 @@ def dlq_list(
 ) -> None:
     """List dead letters with their reasons."""
 
-    async def main() -> list[drain.DeadLetterRecord]:
+    async def main() -> list[dead_letters.DeadLetterRecord]:
         client = await _redis()
         try:
-            return await drain.list_dead_letters(
+            return await dead_letters.list_dead_letters(
                 client, get_settings().metering_redis_prefix, count
             )
         finally:
@@ -148,11 +149,11 @@ def dlq_replay(
         client = await _redis()
         try:
             prefix = settings.metering_redis_prefix
-            records = await drain.list_dead_letters(client, prefix, 1_000_000, ids)
+            records = await dead_letters.list_dead_letters(client, prefix, 1_000_000, ids)
             missing = set(ids) - {r.dead_id for r in records}
             if missing:
                 fail(f"no dead letter with id {', '.join(sorted(missing))}")
-            return await drain.replay_dead_letters(
+            return await dead_letters.replay_dead_letters(
                 client, prefix, settings.metering_usage_shards, records
             )
         finally:
@@ -290,7 +291,7 @@ async def _demo(seconds: float, rate: int) -> dict[str, Any]:
             per_model = await _credits_per_model(session, experiments)
             after = (await accounts.balance(session, user_id)).credits
             violations = [str(v) for v in await find_violations(session)]
-        dead = await drain.list_dead_letters(client, prefix, 1_000_000)
+        dead = await dead_letters.list_dead_letters(client, prefix, 1_000_000)
         return {
             "events": sent,
             "per_model": per_model,

@@ -1,14 +1,14 @@
 """Usage tasks: drain each shard's stream and reclaim stalled entries. Thin: the work is in
-`metering.drain`. Beat sends both for every shard; a drain that ran out of time budget with
+`metering.usage.drain`. Beat sends both for every shard; a drain that ran out of time budget with
 entries left sends itself again at once."""
 
 from typing import Any
 
-from metering import drain
 from metering.celery_app import app
 from metering.errors import TransientError
 from metering.tasks import runtime
 from metering.tasks.alerts import deliver as deliver_alert
+from metering.usage import drain
 
 RETRY = {
     "autoretry_for": (TransientError, ConnectionError, OSError),

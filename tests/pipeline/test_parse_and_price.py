@@ -1,10 +1,11 @@
-"""Parsing and pricing a batch, without I/O."""
+"""Parsing and pricing a batch (`usage.parse`, `usage.price`), without I/O."""
 
-import json
 from decimal import Decimal
 
-from metering.ingest import Entry, parse_entries, price_events, to_charges
 from metering.pricing import get_catalog
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events, to_charges
+from metering.usage.streams import Entry
 from tests.pipeline.helpers import event, raw
 
 
@@ -27,28 +28,24 @@ def test_parse_sorts_entries_into_events_dead_letters_and_repeats() -> None:
     assert [d.reason for d in dead] == ["invalid_event", "missing_event"]
 
 
-def test_charges_keep_the_platform_keys_and_the_audit_trail() -> None:
+def test_charges_keep_the_call_as_the_catalog_names_it() -> None:
     document = event("exp", model="openai/gpt-4o-mini", cached_input_tokens=100, batch=True)
     parsed, _, _ = parse_entries([entry(0, raw(document))])
     priced, dead = price_events(parsed, get_catalog(None))
     assert dead == []
     (charge,), dead = to_charges(priced, {"exp": "system"}, Decimal(1), Decimal(0))
-    metadata = charge.metadata
-    assert {k: metadata[k] for k in ("experimentId", "tier", "provider", "model")} == {
-        "experimentId": "exp",
-        "tier": "batch",
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-    }
-    assert (metadata["inputTokens"], metadata["outputTokens"]) == (
+    call = charge.call
+    assert (charge.event_id, charge.experiment_id) == (document["event_id"], "exp")
+    assert (call.provider, call.model, call.tier) == ("openai", "gpt-4o-mini", "batch")
+    assert (call.input_tokens, call.output_tokens, call.cached_input_tokens) == (
         document["input_tokens"],
         document["output_tokens"],
+        100,
     )
-    assert metadata["eventId"] == document["event_id"]
-    assert metadata["reportedAs"] == "openai/openai/gpt-4o-mini"
-    assert Decimal(metadata["exactCredits"]) == charge.exact_credits > 0
-    assert metadata["payloadDigest"] == parsed[0].digest
-    json.dumps(metadata)
+    assert call.payload_digest == parsed[0].digest
+    assert call.catalog_version == priced[0].cost.catalog_version
+    assert charge.api_key_mode == "system"
+    assert charge.exact_credits > 0
 
 
 def test_unknown_api_key_mode_is_a_dead_letter() -> None:
