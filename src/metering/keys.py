@@ -1,8 +1,8 @@
 """Every Redis key the service uses, in one place. All start with the configured prefix.
 
 Sharded usage streams carry the shard number as a Redis Cluster hash tag (`metering:usage:{3}`),
-so each shard's stream, its consumer group and its drain lock live whole on one cluster node. No
-command or script names two keys of different slots: every other key is only ever used alone.
+so each shard's stream and its consumer group live whole on one cluster node. No command or
+script names two keys of different slots: every other key is only ever used alone.
 """
 
 import zlib

@@ -28,10 +28,11 @@ _EXPERIMENT_VIOLATIONS = text(
     SELECT e.id, e."creditsUsed" AS recorded,
            -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) + COALESCE(c.orphaned, 0) AS expected,
            COALESCE(c.orphaned, 0) AS orphaned, COALESCE(c.total, 0) AS calls,
-           e."exactCreditsUsed" AS exact, CEIL(e."exactCreditsUsed") AS exact_ceiling
+           e."exactCreditsUsed" AS exact, CEIL(e."exactCreditsUsed") AS exact_ceiling,
+           COALESCE(c.exact, 0) AS calls_exact
     FROM "MAACExperiment" e
     LEFT JOIN (
-        SELECT c."experimentId", SUM(c.credits) AS total,
+        SELECT c."experimentId", SUM(c.credits) AS total, SUM(c."exactCredits") AS exact,
                SUM(c.credits) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL) AS orphaned
         FROM "UsageCall" c LEFT JOIN "User" u ON u.id = c."userId"
         GROUP BY c."experimentId"
@@ -47,6 +48,7 @@ _EXPERIMENT_VIOLATIONS = text(
           <> -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) + COALESCE(c.orphaned, 0)
        OR e."creditsUsed" <> COALESCE(c.total, 0)
        OR e."creditsUsed" <> CEIL(e."exactCreditsUsed")
+       OR e."exactCreditsUsed" <> COALESCE(c.exact, 0)
     ORDER BY e.id
     """
 )
@@ -154,7 +156,7 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
 
     An experiment's usage counts its USAGE and UnbilledUsage rows, and the call records charged to
     users deleted since (whose USAGE rows went with them); it must also equal the sum of all its
-    call records."""
+    call records, and its exact cost the sum of theirs."""
     violations = []
     for row in await session.execute(_USER_VIOLATIONS):
         violations.append(
@@ -175,11 +177,13 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
             detail = f"creditsUsed = {row.recorded} but its usage sums to {row.expected}{also}"
         elif row.recorded != row.calls:
             detail = f"creditsUsed = {row.recorded} but its call records sum to {row.calls}"
-        else:
+        elif row.recorded != row.exact_ceiling:
             detail = (
                 f"creditsUsed = {row.recorded} but its exact cost {row.exact} "
                 f"rounds up to {row.exact_ceiling}"
             )
+        else:
+            detail = f"exactCreditsUsed = {row.exact} but its call records cost {row.calls_exact}"
         violations.append(Violation("experiment", row.id, row.recorded, int(row.expected), detail))
     for row in await session.execute(_CALLS_DISAGREE):
         detail = (

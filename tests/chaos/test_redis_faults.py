@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering import keys
-from metering.models import CreditTransaction
+from metering.models import UsageCall
 from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
@@ -181,11 +181,9 @@ class Producer:
 async def _charged_event_ids(engine: AsyncEngine, books: Books) -> set[str]:
     async with engine.connect() as connection:
         rows = await connection.execute(
-            select(CreditTransaction.idempotency_key).where(
-                CreditTransaction.experiment_id.in_(books.owners)
-            )
+            select(UsageCall.event_id).where(UsageCall.experiment_id.in_(books.owners))
         )
-        return {row[0].removeprefix("usage:") for row in rows}
+        return {row[0] for row in rows}
 
 
 async def _blocked(engine: AsyncEngine) -> bool:
