@@ -186,7 +186,28 @@ def _old_usage_row(charge: ledger.UsageCharge, user_id: str, amount: int) -> dic
         "amount": amount,
         "key": charge.event_id,
         "experiment": charge.experiment_id,
-        "metadata": json.dumps(charge.metadata, default=str),
+        "metadata": json.dumps(_old_metadata(charge)),
+    }
+
+
+def _old_metadata(charge: ledger.UsageCharge) -> dict[str, Any]:
+    """The metadata of a per-call USAGE row as the ledger wrote it before 0005."""
+    call = charge.call
+    return {
+        "experimentId": charge.experiment_id,
+        "tier": call.tier,
+        "provider": call.provider,
+        "model": call.model,
+        "inputTokens": call.input_tokens,
+        "outputTokens": call.output_tokens,
+        "eventId": charge.event_id,
+        "cachedInputTokens": call.cached_input_tokens,
+        "cacheWriteTokens": call.cache_write_tokens,
+        "reasoningTokens": call.reasoning_tokens,
+        "occurredAt": call.occurred_at.isoformat(),
+        "exactCredits": str(charge.exact_credits),
+        "catalogVersion": call.catalog_version,
+        "payloadDigest": call.payload_digest,
     }
 
 
@@ -309,7 +330,7 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
         assert (call.occurred_at, call.catalog_version, call.payload_digest) == (
             facts.occurred_at.replace(tzinfo=None),
             facts.catalog_version,
-            facts.payload_digest,
+            ledger.stored_digest(facts.payload_digest),
         )
         assert (orphan_call.user_id, orphan_call.credits) == (None, orphan_used)
     finally:

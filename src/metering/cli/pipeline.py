@@ -27,7 +27,7 @@ from metering.cli.stack import DATA_DIR, local_stack
 from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.emitter import AsyncEmitter
 from metering.events import UsageEvent
-from metering.models import CreditTransaction, MAACExperiment
+from metering.models import MAACExperiment, UsageCall
 from metering.pricing.money import USD_PER_CREDIT
 from metering.processes import ProcessGroup, celery_command
 from metering.reconcile import find_violations
@@ -391,7 +391,7 @@ async def _wait_charged(
             _kick_drains()
             async with session_scope(sessions) as session:
                 charged = await session.scalar(
-                    select(func.count()).where(CreditTransaction.experiment_id.in_(experiments))
+                    select(func.count()).where(UsageCall.experiment_id.in_(experiments))
                 )
             progress.update(task, completed=charged or 0)
             dead = await client.xlen(keys.dead_letter_stream(prefix)) - dead_before
@@ -405,10 +405,9 @@ async def _wait_charged(
 async def _credits_per_model(session: AsyncSession, experiments: list[str]) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
-            "SELECT metadata->>'provider' AS provider, metadata->>'model' AS model, "
-            "count(*) AS events, -sum(amount) AS credits, "
-            "sum((metadata->>'exactCredits')::numeric) AS exact "
-            'FROM "CreditTransaction" WHERE "experimentId" = ANY(:ids) '
+            'SELECT provider, model, count(*) AS events, sum(credits) AS credits, '
+            'sum("exactCredits") AS exact '
+            'FROM "UsageCall" WHERE "experimentId" = ANY(:ids) '
             "GROUP BY 1, 2 ORDER BY 1, 2"
         ),
         {"ids": experiments},
