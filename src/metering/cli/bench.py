@@ -58,10 +58,12 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Measure the pipeline end to end (real beat and usage workers) against the ceiling (the
-    same calls inserted bare into a plain typed table with the balance updates, by one process,
-    no Redis, no Celery) and the naive design (one Celery task and one transaction per event),
-    measure the database's bytes per call, check every event was charged exactly once, and
-    report against the targets.
+    same rows written by one process, no Redis, no Celery) and the naive design (one Celery task
+    and one transaction per event), check every event was charged exactly once, and report.
+
+    The ceiling is the bare typed insert: the calls into a plain table made for the run, with
+    each batch's balance updates (unnest and COPY, the faster kept). The report adds the
+    database's bytes per call and, with --backlog, the workers' memory, each against its target.
 
     Uses the PostgreSQL server of DATABASE_URL and the Redis of REDIS_URL, in a fresh database and
     key prefix that are removed afterwards. Exits 1 if any event was not charged exactly once."""
