@@ -248,16 +248,6 @@ async def prepare_streams(redis: Redis, prefix: str, shards: int) -> list[str]:
     return streams
 
 
-async def all_acknowledged(redis: Redis, published: Published) -> bool:
-    """True once every published entry was delivered to the group and none is pending."""
-    for stream, ids in published.ids.items():
-        (group,) = await redis.xinfo_groups(stream)
-        last = _id_key(_text(group["last-delivered-id"]))
-        if last < _id_key(ids[-1]) or int(group["pending"]):
-            return False
-    return True
-
-
 async def run_load(
     services: Services,
     settings: PipelineSettings,
