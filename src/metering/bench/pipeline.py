@@ -4,10 +4,12 @@ drains, prices and commits. Measures throughput and publish-to-commit latency.
 Times, all from the one machine clock:
 - publish: the millisecond part of the entry id Redis assigned on XADD (exact, server side);
 - commit: the moment the entry is seen acknowledged. The drain acknowledges (XACK) right after its
-  transaction commits, and a shard's entries are read and acknowledged in stream order, so an
-  observer thread polling each stream's consumer group every `POLL_S` sees an entry acknowledged
-  at most one poll plus one Redis round trip after its commit. This is an upper bound on the commit
-  time; the USAGE row's `createdAt` (the transaction's start) is a lower bound, reported beside it.
+  transaction commits. Several drains may work on one stream at once, so acknowledgements need not
+  come in stream order: an observer thread polls each stream's consumer group every `POLL_S` and
+  counts as done only the entries both delivered and older than the oldest pending one. An entry
+  is thus seen done at most one poll plus one Redis round trip after its commit, or later if an
+  older batch is still in flight: an upper bound on the commit time. The call record's `createdAt`
+  (the transaction's start) is a lower bound, reported beside it.
 """
 
 import asyncio
@@ -37,15 +39,20 @@ RSS_EVERY_S = 0.5
 
 @dataclass(frozen=True)
 class PipelineSettings:
+    """What the workers run with; `shards` and `batch_size` are the values in force, passed to
+    the workers only when `overridden` (otherwise they read the same settings as this process)."""
+
     shards: int
     concurrency: int
     batch_size: int
+    overridden: frozenset[str] = frozenset()
 
     def environment(self) -> dict[str, str]:
-        return {
+        values = {
             "METERING_USAGE_SHARDS": str(self.shards),
             "METERING_USAGE_BATCH_SIZE": str(self.batch_size),
         }
+        return {name: value for name, value in values.items() if name in self.overridden}
 
 
 @dataclass
@@ -65,6 +72,7 @@ class RssSample:
     at_s: float
     total_bytes: int
     largest_child_bytes: int
+    processes: int
 
 
 class RssSampler(threading.Thread):
@@ -86,7 +94,7 @@ class RssSampler(threading.Thread):
                     continue  # a pool child may exit between listing and reading
             if sizes:
                 children = sizes[1:] or [0]
-                self.samples.append(RssSample(time.time(), sum(sizes), max(children)))
+                self.samples.append(RssSample(time.time(), sum(sizes), max(children), len(sizes)))
 
     def stop(self) -> None:
         self._halt.set()
@@ -96,9 +104,10 @@ class RssSampler(threading.Thread):
 class AckObserver(threading.Thread):
     """Polls each stream's consumer group and records when each of our entries was acknowledged.
 
-    Acknowledged entries of a stream are a prefix of it (one drainer per shard, in order), so the
-    count `delivered - pending` says which entries are done. Our entries only: `published` is
-    filled by the producer while this runs.
+    An entry is done once it was delivered and is older than every pending entry of its stream:
+    those form a prefix of the stream, surely acknowledged (drains may acknowledge out of order,
+    so this prefix may lag the true count by the batches in flight). Our entries only:
+    `published` is filled by the producer while this runs.
     """
 
     def __init__(self, redis_url: str, streams: Sequence[str], published: Published) -> None:
@@ -123,16 +132,26 @@ class AckObserver(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
             pipe.xinfo_groups(stream)
+            pipe.xpending(stream, keys.CONSUMER_GROUP)
         replies = pipe.execute(raise_on_error=False)
         now = time.time()
-        for stream, reply in zip(self.streams, replies, strict=True):
-            if isinstance(reply, ResponseError) or not reply:
+        for n, stream in enumerate(self.streams):
+            groups, pending = replies[2 * n], replies[2 * n + 1]
+            if (
+                isinstance(groups, ResponseError)
+                or isinstance(pending, ResponseError)
+                or not groups
+            ):
                 continue
-            group = next(g for g in reply if _text(g["name"]) == keys.CONSUMER_GROUP)
+            group = next(g for g in groups if _text(g["name"]) == keys.CONSUMER_GROUP)
             ids = self.published.ids.get(stream, [])
+            # Read before the pending summary: everything delivered by then and older than the
+            # oldest entry pending afterwards is acknowledged.
             last = _id_key(_text(group["last-delivered-id"]))
-            delivered = bisect.bisect_right(ids, last, key=_id_key)
-            acked = delivered - int(group["pending"])
+            acked = bisect.bisect_right(ids, last, key=_id_key)
+            if pending["pending"]:
+                oldest = _id_key(_text(pending["min"]))
+                acked = min(acked, bisect.bisect_left(ids, oldest, key=_id_key))
             if acked > self.acked[stream][-1][1]:
                 self.acked[stream].append((now, acked))
         if self.total and self.acked_total() >= self.total:
@@ -140,6 +159,20 @@ class AckObserver(threading.Thread):
 
     def acked_total(self) -> int:
         return sum(history[-1][1] for history in self.acked.values())
+
+    def when_done(self, entries: int) -> float | None:
+        """When at least `entries` of our entries (all streams together) were first seen done."""
+        events = sorted(
+            (at, count - history[n][1])
+            for history in self.acked.values()
+            for n, (at, count) in enumerate(history[1:])
+        )
+        done = 0
+        for at, more in events:
+            done += more
+            if done >= entries:
+                return at
+        return None
 
     def ack_times(self) -> dict[str, list[float]]:
         """Per stream, when each of our entries (by position) was first seen acknowledged."""
@@ -213,16 +246,6 @@ async def prepare_streams(redis: Redis, prefix: str, shards: int) -> list[str]:
             if "BUSYGROUP" not in str(error):
                 raise
     return streams
-
-
-async def all_acknowledged(redis: Redis, published: Published) -> bool:
-    """True once every published entry was delivered to the group and none is pending."""
-    for stream, ids in published.ids.items():
-        (group,) = await redis.xinfo_groups(stream)
-        last = _id_key(_text(group["last-delivered-id"]))
-        if last < _id_key(ids[-1]) or int(group["pending"]):
-            return False
-    return True
 
 
 async def run_load(

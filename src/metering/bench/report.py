@@ -2,15 +2,44 @@
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from rich.table import Table
 
 from metering.bench.pipeline import PipelineRun, RssSample
 
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's target: `measured <comparison> limit`; `aim` is where we want to be."""
+
+    comparison: str
+    limit: float
+    aim: float | None = None
+    unit: str = ""
+
+    def met(self, measured: float) -> bool:
+        return {
+            ">=": measured >= self.limit,
+            "<": measured < self.limit,
+            "<=": measured <= self.limit,
+        }[self.comparison]
+
+    def describe(self) -> str:
+        aim = f" (aim {self.aim}{self.unit})" if self.aim is not None else ""
+        return f"{self.comparison} {self.limit}{self.unit}{aim}"
+
+
 TARGETS = {
-    "pipeline_over_naive": 20.0,
-    "pipeline_over_ceiling": 0.5,
-    "half_rate_p99_s": 1.0,
+    "pipeline_over_naive": Target(">=", 20.0),
+    "pipeline_over_ceiling": Target(">=", 0.5, 0.7),
+    "half_rate_p99_s": Target("<", 0.5, unit=" s"),
+    "bytes_per_call": Target("<=", 400, 300, " B"),
 }
+MEMORY_GROWTH = "growth < 10% or < 20 MiB, from 10% to 100% of the drain"
+MEMORY_GROWTH_MIB = 20.0
+MEMORY_GROWTH_SHARE = 0.10
 MIB = 1024 * 1024
 
 
@@ -52,39 +81,66 @@ def memory(samples: Sequence[RssSample]) -> dict[str, Any]:
     """Worker resident memory: first and last sample, the largest, and the quartiles in between."""
     if not samples:
         return {}
-
-    def mib(sample: RssSample) -> dict[str, float]:
-        return {
-            "total_mib": round(sample.total_bytes / MIB, 1),
-            "largest_child_mib": round(sample.largest_child_bytes / MIB, 1),
-        }
-
     quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in range(5)]
     return {
         "samples": len(samples),
-        "at_quarters": [mib(s) for s in quarters],
+        "at_quarters": [_mib(s) for s in quarters],
         "max_total_mib": round(max(s.total_bytes for s in samples) / MIB, 1),
         "growth_mib": round((samples[-1].total_bytes - quarters[1].total_bytes) / MIB, 1),
     }
 
 
+def drain_memory(samples: Sequence[RssSample], tenth_s: float | None) -> dict[str, Any]:
+    """Worker resident memory (main process and every pool child) over a drain: at its start,
+    peak, end, and the growth from the first sample once 10% was done (`tenth_s`) to the end."""
+    if not samples:
+        return {}
+    tenth = next((s for s in samples if tenth_s is not None and s.at_s >= tenth_s), samples[0])
+    growth = samples[-1].total_bytes - tenth.total_bytes
+    return {
+        "samples": len(samples),
+        "start": _mib(samples[0]),
+        "peak_total_mib": round(max(s.total_bytes for s in samples) / MIB, 1),
+        "at_10_percent": _mib(tenth),
+        "end": _mib(samples[-1]),
+        "growth_mib": round(growth / MIB, 1),
+        "growth_percent": round(100 * growth / tenth.total_bytes, 1),
+    }
+
+
+def _mib(sample: RssSample) -> dict[str, float]:
+    return {
+        "total_mib": round(sample.total_bytes / MIB, 1),
+        "largest_child_mib": round(sample.largest_child_bytes / MIB, 1),
+        "processes": sample.processes,
+    }
+
+
 def verdicts(figures: dict[str, Any]) -> dict[str, Any]:
-    """Each target with the measured value and whether it is met."""
-    result: dict[str, Any] = {}
-    ratios = figures.get("ratios", {})
-    for name in ("pipeline_over_naive", "pipeline_over_ceiling"):
-        if name in ratios:
-            result[name] = {
-                "target": f">= {TARGETS[name]}",
-                "measured": ratios[name],
-                "met": ratios[name] >= TARGETS[name],
-            }
+    """Each target with the measured value and whether it is met (only for figures measured)."""
+    measured: dict[str, float] = {
+        name: value for name, value in figures.get("ratios", {}).items() if name in TARGETS
+    }
     half = figures.get("pipeline_half_rate", {}).get("latency", {})
     if half:
-        result["half_rate_p99_s"] = {
-            "target": f"< {TARGETS['half_rate_p99_s']}",
-            "measured": half["p99_s"],
-            "met": half["p99_s"] < TARGETS["half_rate_p99_s"],
+        measured["half_rate_p99_s"] = half["p99_s"]
+    if figures.get("storage", {}).get("bytes_per_call") is not None:
+        measured["bytes_per_call"] = figures["storage"]["bytes_per_call"]
+    result: dict[str, Any] = {
+        name: {
+            "target": TARGETS[name].describe(),
+            "measured": value,
+            "met": TARGETS[name].met(value),
+        }
+        for name, value in measured.items()
+    }
+    drained = figures.get("backlog", {}).get("memory", {})
+    if drained:
+        result["worker_memory_growth"] = {
+            "target": MEMORY_GROWTH,
+            "measured": f"{drained['growth_mib']} MiB ({drained['growth_percent']}%)",
+            "met": drained["growth_mib"] < MEMORY_GROWTH_MIB
+            or drained["growth_percent"] < 100 * MEMORY_GROWTH_SHARE,
         }
     return result
 
@@ -96,19 +152,36 @@ def exactly_once(figures: dict[str, Any]) -> bool:
     return phases_ok and checks["dead_letters"] == 0
 
 
+def table(figures: dict[str, Any]) -> Table:
+    """The targets, what was measured, and whether each is met."""
+    verdict_table = Table(title="targets")
+    for column in ("figure", "target", "measured", "verdict"):
+        verdict_table.add_column(column)
+    for name, verdict in figures.get("targets", {}).items():
+        verdict_table.add_row(
+            name,
+            verdict["target"],
+            str(verdict["measured"]),
+            "met" if verdict["met"] else "NOT met",
+        )
+    return verdict_table
+
+
 HEADER = """\
-metering bench: the pipeline (producer XADD -> Redis streams -> celery beat and usage workers ->
-PostgreSQL) against its ceiling (the same rows written by one process, no Redis, no Celery) and
-the naive design (one Celery task and one transaction per event), all on this machine, in a
-throwaway database and Redis prefix. Latency: publish = the Redis entry id's time; commit = the
-entry seen acknowledged (an upper bound, within 10 ms); the transaction's start is a lower bound.
-At full speed the whole load is published at once, so its latency is queueing; judge latency at
-half rate."""
+metering bench: the pipeline (producer XADD -> Redis stream -> celery beat and usage workers ->
+PostgreSQL) against its ceiling (the same calls inserted bare into a plain typed table by one
+process with the balance updates, no Redis, no Celery, no ledger) and the naive design (one
+Celery task and one transaction per event), all on this machine, in a throwaway database and
+Redis prefix. Latency: publish = the Redis entry id's time; commit = the entry seen acknowledged
+(an upper bound); the transaction's start is a lower bound. At full speed the whole load is
+published at once, so its latency is queueing; judge latency at half rate. Bytes per call: the
+growth of the whole database (all tables and indexes, after a CHECKPOINT) over the full-speed
+phase, divided by the calls it recorded."""
 QUICK_NOTE = "quick run: too small for meaningful speed figures; it proves exactly-once charging."
 
 
 def text(figures: dict[str, Any]) -> str:
-    """The report for a terminal."""
+    """The report for a terminal (the targets are in `table`)."""
     machine, options = figures["machine"], figures["options"]
     lines = [
         HEADER,
@@ -116,18 +189,27 @@ def text(figures: dict[str, Any]) -> str:
         f"machine: {machine['cpus']} CPUs, PostgreSQL {machine['postgresql']}, Python "
         f"{machine['python']}; load average before {machine['load_before']}, after "
         f"{machine['load_after']} (above ~0.5 per CPU, other work was competing)",
-        f"options: {options['events']:,} events, {options['shards']} shards, worker -c "
-        f"{options['concurrency']}, batches of {options['batch_size']}, naive "
-        f"{options['naive_events']:,} events, backlog {options['backlog']:,}",
+        f"options: {options['events']:,} events, {figures['streams']} stream(s), worker -c "
+        f"{options['concurrency']}, batches of {figures['batch_size']}, "
+        f"{_active(options['active_experiments'])}, naive {options['naive_events']:,} events, "
+        f"backlog {options['backlog']:,}",
     ]
     if options["events"] < 50_000:
         lines.append(QUICK_NOTE)
     lines.append("")
     if "ceiling" in figures:
         c = figures["ceiling"]
+        methods = ", ".join(f"{m} {r['rows_per_s']:,.0f}/s" for m, r in c["methods"].items())
         lines.append(
-            f"ceiling    {c['rows']:>9,} rows   in {c['seconds']:7.2f} s = "
-            f"{c['rows_per_s']:>7,.0f}/s"
+            f"ceiling    {c['rows']:>9,} calls  in {c['seconds']:7.2f} s = "
+            f"{c['rows_per_s']:>7,.0f}/s ({c['method']}, the faster of {methods}); "
+            f"{c['table_bytes_per_call']} B/call in its table"
+        )
+    if "ledger_path" in figures:
+        lp = figures["ledger_path"]
+        lines.append(
+            f"ledger     {lp['rows']:>9,} calls  in {lp['seconds']:7.2f} s = "
+            f"{lp['rows_per_s']:>7,.0f}/s (charge_usage on one connection; not the ceiling)"
         )
     for key, label in (("pipeline", "pipeline  "), ("pipeline_half_rate", "half rate ")):
         if key in figures:
@@ -145,26 +227,19 @@ def text(figures: dict[str, Any]) -> str:
             f"naive      {n['rows']:>9,} rows   in {n['seconds']:7.2f} s = "
             f"{n['rows_per_s']:>7,.0f}/s"
         )
+    if "storage" in figures:
+        lines.append(_storage(figures["storage"]))
     if "worker_memory" in figures:
         lines.append(f"worker RSS during the pipeline phases: {_memory(figures['worker_memory'])}")
     if "backlog" in figures:
         b = figures["backlog"]
         lines.append(
             f"backlog    {b['events']:>9,} events drained in {b['seconds']:7.1f} s = "
-            f"{b['events_per_s']:>7,.0f}/s; worker RSS: {_memory(b['memory'])}"
+            f"{b['events_per_s']:>7,.0f}/s; worker RSS: {_drain(b['memory'])}"
         )
     lines.append("")
-    targets = figures.get("targets", {})
     for name, value in figures.get("ratios", {}).items():
-        verdict = targets.get(name)
-        mark = f" (target {verdict['target']}: {_met(verdict)})" if verdict else ""
-        lines.append(f"{name.replace('_over_', ' / ')} = {value}{mark}")
-    if "half_rate_p99_s" in targets:
-        verdict = targets["half_rate_p99_s"]
-        lines.append(
-            f"p99 publish-to-commit at half rate = {verdict['measured']} s "
-            f"(target {verdict['target']} s: {_met(verdict)})"
-        )
+        lines.append(f"{name.replace('_over_', ' / ')} = {value}")
     lines.append("")
     lines.append(f"dead letters: {figures['exactly_once']['dead_letters']}")
     for phase, check in figures["exactly_once"].items():
@@ -172,14 +247,23 @@ def text(figures: dict[str, Any]) -> str:
             continue
         state = "ok" if check["ok"] else "FAILED: " + "; ".join(check["problems"][:5])
         lines.append(
-            f"exactly once, {phase}: {check['rows']:,} rows for {check['expected_rows']:,} events, "
-            f"{check['credits']:,} credits, reconcile clean: {state}"
+            f"exactly once, {phase}: {check['rows']:,} calls for {check['expected_rows']:,} "
+            f"events, {check['credits']:,} credits, reconcile clean: {state}"
         )
     return "\n".join(lines)
 
 
-def _met(verdict: dict[str, Any]) -> str:
-    return "met" if verdict["met"] else "NOT met"
+def _active(active: int) -> str:
+    return f"{active} experiments active at a time" if active else "experiments independent"
+
+
+def _storage(storage: dict[str, Any]) -> str:
+    tables = ", ".join(f"{n} {b}" for n, b in storage["tables_bytes_per_call"].items())
+    return (
+        f"storage: {storage['bytes_per_call']} B/call over the full-speed phase "
+        f"(pg_database_size: {storage['database_size_bytes_per_call']} B/call); by table: "
+        f"{tables}; {storage['calls_per_usage_row']} calls per USAGE row"
+    )
 
 
 def _memory(summary: dict[str, Any]) -> str:
@@ -189,4 +273,15 @@ def _memory(summary: dict[str, Any]) -> str:
     return (
         f"{totals} MiB at 0/25/50/75/100% of the samples (worker and pool children); "
         f"growth after the first quarter {summary['growth_mib']} MiB"
+    )
+
+
+def _drain(summary: dict[str, Any]) -> str:
+    if not summary:
+        return "no samples"
+    return (
+        f"start {summary['start']['total_mib']} MiB, peak {summary['peak_total_mib']} MiB, "
+        f"at 10% {summary['at_10_percent']['total_mib']} MiB, end {summary['end']['total_mib']} "
+        f"MiB ({summary['end']['processes']} processes); growth from 10% to the end "
+        f"{summary['growth_mib']} MiB ({summary['growth_percent']}%)"
     )

@@ -1,13 +1,16 @@
-"""One benchmark run: ceiling, pipeline at full speed, pipeline at half of that rate, naive design,
-and optionally a drained backlog, all on the same machine and services, then exactly-once checks.
+"""One benchmark run: ceiling, the ledger's own path, pipeline at full speed, pipeline at half of
+that rate, naive design, and optionally a drained backlog, all on the same machine and services,
+then exactly-once checks.
 
 Phases run one after another on one fresh database (each phase with its own users, experiments
 and event ids; the naive design on a second one) and one fresh Redis key prefix; all are removed
-at the end. The ceiling runs first,
-on the emptiest tables, which flatters it: `pipeline / ceiling` errs low.
+at the end. The ceiling runs first, on the emptiest tables, which flatters it: `pipeline /
+ceiling` errs low. The pipeline runs as deployed by default: one stream, the worker concurrency
+of `metering stack` and docs/operations.md, the configured batch size.
 """
 
 import asyncio
+import math
 import os
 import platform
 import signal
@@ -21,14 +24,27 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys
-from metering.bench import ceiling, environment, naive, pipeline, profile, report, verify, workload
+from metering import keys, ledger
+from metering.bench import (
+    ceiling,
+    environment,
+    ledger_path,
+    naive,
+    pipeline,
+    profile,
+    report,
+    storage,
+    verify,
+    workload,
+)
 from metering.bench.environment import Services
-from metering.bench.pipeline import PipelineSettings, RssSampler
+from metering.bench.pipeline import AckObserver, PipelineSettings, RssSampler
 from metering.db import create_engine, make_sessionmaker, session_scope
 from metering.settings import get_settings
 
 Progress = Callable[[str], None]
+CONCURRENCY = 2
+"""The usage worker's processes, as `metering stack` starts it and docs/operations.md advises."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +52,15 @@ class Options:
     events: int = 200_000
     naive_events: int = 10_000
     backlog: int = 0
-    shards: int = 2
-    concurrency: int = 2
-    batch_size: int = 500
+    shards: int | None = None
+    """METERING_USAGE_SHARDS for the workers; None: the configured value (one stream)."""
+    concurrency: int = CONCURRENCY
+    batch_size: int | None = None
+    """METERING_USAGE_BATCH_SIZE for the workers and the ceiling; None: the configured one."""
     users: int = 200
     experiments: int = 1_000
+    active_experiments: int = workload.ACTIVE_EXPERIMENTS
+    """Experiments calling at a time; 0: every call's experiment drawn independently."""
     seed: int = 7
     keep: bool = False
     profile: Path | None = None
@@ -107,41 +127,51 @@ async def _phases(
     with a count of its rows, which must stay cheap."""
     settings = get_settings()
     markup, fee = settings.metering_markup, settings.metering_platform_fee_usd_per_million
-    tags = ["ceiling", "full", "half", "naive"] + (["backlog"] if options.backlog else [])
+    settings_ = _pipeline_settings(options)
+    figures["streams"], figures["batch_size"] = settings_.shards, settings_.batch_size
+    tags = ["ceiling", "ledger_path", "full", "half", "naive"]
+    tags += ["backlog"] if options.backlog else []
     people = {
         tag: workload.population(tag, options.users, options.experiments, options.seed)
         for tag in tags
     }
-    sizes = {
-        "ceiling": options.events,
-        "full": options.events,
-        "half": max(1, options.events // 2),
-        "naive": options.naive_events,
-        "backlog": options.backlog,
-    }
+    sizes = {"half": max(1, options.events // 2), "naive": options.naive_events}
+    sizes["backlog"] = options.backlog
     say("generating and pricing the workloads")
     works = {
-        tag: workload.workload(people[tag], sizes[tag], options.seed + (tag == "half"))
+        tag: workload.workload(
+            people[tag],
+            sizes.get(tag, options.events),
+            options.seed + (tag == "half"),
+            active=options.active_experiments,
+        )
         for tag in tags
     }
-    charges = ceiling.price(works["ceiling"], markup, fee)
-    expected = {tag: verify.expect(works[tag], markup, fee) for tag in tags if tag != "ceiling"}
-    expected["ceiling"] = verify.Expected().add(charges)
+    calls = ceiling.distinct(ceiling.price(works["ceiling"], markup, fee))
+    charges = ceiling.price(works["ledger_path"], markup, fee)
+    expected = {"ceiling": verify.Expected().add(calls)}
+    expected["ledger_path"] = verify.Expected().add(charges)
+    expected |= {tag: verify.expect(works[tag], markup, fee) for tag in tags if tag not in expected}
     engine = engines[0]
     sessions = {tag: make_sessionmaker(engines[tag == "naive"]) for tag in tags}
     for tag in tags:
         async with session_scope(sessions[tag]) as session:
             await environment.seed(session, people[tag])
 
-    say(f"ceiling: {len(charges):,} rows straight to PostgreSQL")
-    ceiling_run = await ceiling.run(services.database_url, charges, options.batch_size)
-    figures["ceiling"] = {
-        "rows": ceiling_run.rows,
-        "seconds": round(ceiling_run.seconds, 3),
-        "rows_per_s": round(ceiling_run.rows / ceiling_run.seconds, 1),
+    figures["exactly_once"] = {}
+    figures["ceiling"], ceiling_check = await _ceiling(
+        services.database_url, people["ceiling"], calls, settings_.batch_size, expected, say
+    )
+    figures["exactly_once"]["ceiling"] = asdict(ceiling_check) | {"ok": ceiling_check.ok}
+    say(f"ledger path (not the ceiling): {len(charges):,} charges through charge_usage")
+    ledger_run = await ledger_path.run(services.database_url, charges, settings_.batch_size)
+    figures["ledger_path"] = {
+        "note": "ledger.charge_usage on one connection, for information: not the ceiling",
+        "rows": ledger_run.rows,
+        "seconds": round(ledger_run.seconds, 3),
+        "rows_per_s": round(ledger_run.rows / ledger_run.seconds, 1),
     }
 
-    settings_ = PipelineSettings(options.shards, options.concurrency, options.batch_size)
     timeout_s = 120 + options.events / 500
     with environment.children() as started:
         say(f"pipeline: starting beat and a usage worker (-c {options.concurrency})")
@@ -150,9 +180,11 @@ async def _phases(
         sampler.start()
         spy = profile.record(worker, options.profile) if options.profile else None
         say(f"pipeline: {len(works['full'].payloads):,} entries as fast as possible")
+        before = await storage.snapshot(engine)
         full = await pipeline.run_load(
             services, settings_, works["full"], rate=None, timeout_s=timeout_s
         )
+        after = await storage.snapshot(engine)
         if spy is not None and options.profile is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -160,6 +192,8 @@ async def _phases(
         figures["pipeline"] = report.pipeline_figures(
             full, await _lower_bounds(engine, people["full"], full.publish_ms_by_event)
         )
+        recorded = await storage.counts(engine, [e[0] for e in people["full"].experiments])
+        figures["storage"] = storage.per_call(before, after, *recorded)
         half_rate = figures["pipeline"]["entries_per_s"] / 2
         say(f"pipeline: {len(works['half'].payloads):,} entries at {half_rate:,.0f}/s (half)")
         half = await pipeline.run_load(
@@ -185,56 +219,115 @@ async def _phases(
     }
     pipeline_rate = figures["pipeline"]["events_per_s"]
     figures["ratios"] = {
-        "pipeline_over_ceiling": round(pipeline_rate / figures["ceiling"]["rows_per_s"], 3),
-        "pipeline_over_naive": round(pipeline_rate / figures["naive"]["rows_per_s"], 1),
+        name: round(pipeline_rate / figures[phase]["rows_per_s"], 3)
+        for name, phase in (
+            ("pipeline_over_ceiling", "ceiling"),
+            ("pipeline_over_ledger_path", "ledger_path"),
+            ("pipeline_over_naive", "naive"),
+        )
     }
 
     if options.backlog:
         figures["backlog"] = await _backlog(services, settings_, works["backlog"], say)
 
     say("checking that every event was charged exactly once")
-    phases = {"ceiling": "ceiling", "full": "pipeline", "half": "pipeline_half_rate"}
+    phases = {"ledger_path": "ledger_path", "full": "pipeline", "half": "pipeline_half_rate"}
     phases |= {"naive": "naive", "backlog": "backlog"}
-    figures["exactly_once"] = {}
-    for tag in tags:
+    for tag in tags[1:]:
         async with session_scope(sessions[tag]) as session:
             check = await verify.check(session, people[tag], expected[tag])
             figures["exactly_once"][phases[tag]] = asdict(check) | {"ok": check.ok}
     figures["exactly_once"]["dead_letters"] = await _dead_letters(services)
 
 
+def _pipeline_settings(options: Options) -> PipelineSettings:
+    """The values in force for the workers; only those given as options are passed to them."""
+    settings = get_settings()
+    given = {
+        "METERING_USAGE_SHARDS": options.shards,
+        "METERING_USAGE_BATCH_SIZE": options.batch_size,
+    }
+    return PipelineSettings(
+        shards=options.shards or settings.metering_usage_shards,
+        concurrency=options.concurrency,
+        batch_size=options.batch_size or settings.metering_usage_batch_size,
+        overridden=frozenset(name for name, value in given.items() if value is not None),
+    )
+
+
+async def _ceiling(
+    database_url: str,
+    people: workload.Population,
+    calls: list[ledger.UsageCharge],
+    batch_size: int,
+    expected: dict[str, verify.Expected],
+    say: Progress,
+) -> tuple[dict[str, Any], verify.Check]:
+    """Both ways of the bare insert; the faster is the ceiling. Then the tables are checked and
+    dropped and the population's balances put back."""
+    runs, tables = {}, {}
+    for method in ceiling.METHODS:
+        say(f"ceiling: {len(calls):,} calls into a bare table ({method})")
+        runs[method] = await ceiling.run(database_url, people, calls, batch_size, method)
+        tables[method] = await ceiling.inspect(database_url, method)
+    await ceiling.restore(database_url, people)
+    best = min(runs.values(), key=lambda r: r.seconds)
+    figures = {
+        "method": best.method,
+        "rows": best.rows,
+        "seconds": round(best.seconds, 3),
+        "rows_per_s": round(best.rows / best.seconds, 1),
+        "table_bytes_per_call": round(tables[best.method]["bytes"] / best.rows, 1),
+        "methods": {
+            r.method: {"seconds": round(r.seconds, 3), "rows_per_s": round(r.rows / r.seconds, 1)}
+            for r in runs.values()
+        },
+    }
+    return figures, verify.check_ceiling(tables, expected["ceiling"], best.credits)
+
+
 async def _backlog(
     services: Services, settings_: PipelineSettings, work: workload.Workload, say: Progress
 ) -> dict[str, Any]:
-    """Publish the whole backlog first, then start the workers and time the drain."""
+    """Publish the whole backlog first, then start the workers and time the drain, sampling the
+    memory of the worker and all its pool children."""
     redis = Redis.from_url(services.redis_url)
     try:
-        await pipeline.prepare_streams(redis, services.redis_prefix, settings_.shards)
+        streams = await pipeline.prepare_streams(redis, services.redis_prefix, settings_.shards)
         say(f"backlog: publishing {len(work.payloads):,} entries with no worker running")
         published = pipeline.Published()
         await pipeline.produce(
             redis, services.redis_prefix, settings_.shards, work, published, None
         )
-        with environment.children() as started:
-            say("backlog: starting the workers and draining")
-            began = time.time()
-            worker = pipeline.start_workers(services, settings_, started)
-            sampler = RssSampler(worker)
-            sampler.start()
-            while True:
-                if await pipeline.all_acknowledged(redis, published):
-                    break
-                await asyncio.sleep(1.0)
-            seconds = time.time() - began
-            sampler.stop()
     finally:
         await redis.aclose()
+    observer = AckObserver(services.redis_url, streams, published)
+    observer.total = len(work.payloads)
+    with environment.children() as started:
+        say("backlog: starting the workers and draining")
+        began = time.time()
+        observer.start()
+        worker = pipeline.start_workers(services, settings_, started)
+        sampler = RssSampler(worker)
+        sampler.start()
+        try:
+            timeout_s = 600 + len(work.payloads) / 200
+            if not await asyncio.to_thread(observer.done.wait, timeout_s):
+                raise RuntimeError(
+                    f"backlog: only {observer.acked_total()} of {len(work.payloads)} entries "
+                    f"were committed within {timeout_s:.0f} s"
+                )
+        finally:
+            observer.stop()
+            sampler.stop()
+        seconds = time.time() - began
+    tenth = observer.when_done(math.ceil(len(work.payloads) / 10))
     return {
         "events": work.unique_events,
         "entries": len(work.payloads),
         "seconds": round(seconds, 1),
         "events_per_s": round(work.unique_events / seconds, 1),
-        "memory": report.memory(sampler.samples),
+        "memory": report.drain_memory(sampler.samples, tenth),
     }
 
 

@@ -3,8 +3,13 @@
 Deterministic for a seed, so every phase of a run (pipeline, ceiling, naive) meters the same mix;
 only the id prefix differs, so that the phases can share one database. The mix: ten models of six
 providers with realistic token counts (cache reads and writes, reasoning, some batch tier), a
-skewed spread over experiments (a few hot, many quiet), one experiment in ten on the user's own
+skewed choice of experiments (a few hot, many quiet), one experiment in ten on the user's own
 key, and about one event in a hundred sent twice (a producer retrying a call).
+
+Calls come in bursts by default: `active` experiments run at a time, each for a stretch of about
+`BURST_CALLS` calls on its own one to three models, then another (by the same skew) takes its
+place. With `active=0` every call picks its experiment and model independently (the spread of
+earlier versions of the benchmark, where a batch holds about one call per experiment).
 """
 
 import json
@@ -12,6 +17,10 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+ACTIVE_EXPERIMENTS = 32
+"""Experiments calling at the same time, by default."""
+BURST_CALLS = 400
+"""Mean length of one experiment's stretch of calls (exponentially distributed)."""
 USER_CREDITS = 100_000_000
 """Each benchmark user's starting balance: large enough that no run halts anyone."""
 
@@ -92,29 +101,34 @@ def population(tag: str, users: int, experiments: int, seed: int) -> Population:
 
 
 def workload(
-    people: Population, events: int, seed: int, *, duplicate_rate: float = 0.01
+    people: Population,
+    events: int,
+    seed: int,
+    *,
+    active: int = ACTIVE_EXPERIMENTS,
+    duplicate_rate: float = 0.01,
 ) -> Workload:
-    """`events` distinct events plus about `duplicate_rate` of them sent again shortly after."""
+    """`events` distinct events plus about `duplicate_rate` of them sent again shortly after;
+    `active` experiments at a time (0: each call independent of the others)."""
     rng = random.Random(seed)
     tag = people.users[0].split("-user-", 1)[0]
     experiments = [e[0] for e in people.experiments]
-    # Zipf-like: experiment k is called about 1/(k+1) as often as the first.
-    weights = [1 / (k + 1) for k in range(len(experiments))]
-    chosen = rng.choices(experiments, weights=weights, k=events)
-    mixes = rng.choices(MODELS, weights=[m.weight for m in MODELS], k=events)
+    calls = (
+        _bursts(rng, experiments, events, active) if active else _spread(rng, experiments, events)
+    )
     start = datetime.now(UTC).replace(microsecond=0)
     event_ids: list[str] = []
     experiment_ids: list[str] = []
     payloads: list[str] = []
     retries: list[tuple[int, int]] = []
-    for n in range(events):
+    for n, (experiment_id, mix) in enumerate(calls):
         event_id = f"{tag}-evt-{n:08d}-{rng.getrandbits(32):08x}"
         payload = json.dumps(
-            _document(rng, mixes[n], event_id, chosen[n], start + timedelta(milliseconds=n)),
+            _document(rng, mix, event_id, experiment_id, start + timedelta(milliseconds=n)),
             separators=(",", ":"),
         )
         event_ids.append(event_id)
-        experiment_ids.append(chosen[n])
+        experiment_ids.append(experiment_id)
         payloads.append(payload)
         if rng.random() < duplicate_rate:
             retries.append((n + rng.randint(1, 2000), n))
@@ -129,6 +143,47 @@ def workload(
         experiment_ids.append(experiment_ids[original])
         payloads.append(payloads[original])
     return Workload(people, event_ids, experiment_ids, payloads)
+
+
+def _weights(experiments: list[str]) -> list[float]:
+    """Zipf-like: experiment k is called about 1/(k+1) as often as the first."""
+    return [1 / (k + 1) for k in range(len(experiments))]
+
+
+def _spread(rng: random.Random, experiments: list[str], events: int) -> list[tuple[str, ModelMix]]:
+    """Each call's experiment and model drawn independently."""
+    chosen = rng.choices(experiments, weights=_weights(experiments), k=events)
+    mixes = rng.choices(MODELS, weights=[m.weight for m in MODELS], k=events)
+    return list(zip(chosen, mixes, strict=True))
+
+
+def _bursts(
+    rng: random.Random, experiments: list[str], events: int, active: int
+) -> list[tuple[str, ModelMix]]:
+    """`active` slots, each running one experiment (on its own models) for a stretch of calls;
+    each call goes to a slot drawn uniformly."""
+    weights = _weights(experiments)
+    slots = min(active, len(experiments))
+    running: list[tuple[str, list[ModelMix], int]] = []
+
+    def begin(taken: set[str]) -> tuple[str, list[ModelMix], int]:
+        experiment = rng.choices(experiments, weights=weights)[0]
+        while experiment in taken:
+            experiment = rng.choices(experiments, weights=weights)[0]
+        models = rng.choices(MODELS, weights=[m.weight for m in MODELS], k=rng.randint(1, 3))
+        return experiment, models, max(1, int(rng.expovariate(1 / BURST_CALLS)))
+
+    for _ in range(slots):
+        running.append(begin({r[0] for r in running}))
+    calls: list[tuple[str, ModelMix]] = []
+    for _ in range(events):
+        slot = rng.randrange(slots)
+        experiment, models, left = running[slot]
+        calls.append((experiment, rng.choice(models)))
+        running[slot] = (experiment, models, left - 1)
+        if left == 1:
+            running[slot] = begin({r[0] for n, r in enumerate(running) if n != slot})
+    return calls
 
 
 def _document(
