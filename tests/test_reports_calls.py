@@ -31,14 +31,14 @@ def mixed(experiment_id: str) -> list[dict[str, Any]]:
         )
         docs[-1]["cached_input_tokens"] = 100 + n
     for prompt in (1_000, 300_000):
-        at = datetime(2026, 4, 1, tzinfo=UTC).isoformat()
+        april = datetime(2026, 4, 1, tzinfo=UTC).isoformat()
         docs.append(
             event(
                 experiment_id,
                 provider="openai",
                 model="gpt-5.4",
                 input_tokens=prompt,
-                occurred_at=at,
+                occurred_at=april,
             )
         )
     for hour in range(0, 24, 3):
