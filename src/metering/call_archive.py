@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.db import session_scope
 from metering.errors import PermanentError
+from metering.pricing.calculator import EXACT
 from metering.usage_window import outside_window, window_start
 
 COLUMNS = (
@@ -60,8 +61,9 @@ _SELECT = text(
     'ORDER BY "eventId" LIMIT :limit FOR UPDATE'
 )
 _DELETE = text(
-    f'DELETE FROM "UsageCall" WHERE "eventId" = ANY(:ids) AND {_OLD} '
-    'RETURNING credits, "exactCredits"'
+    f'WITH gone AS (DELETE FROM "UsageCall" WHERE "eventId" = ANY(:ids) AND {_OLD} '
+    'RETURNING credits, "exactCredits") '
+    'SELECT count(*), COALESCE(SUM(credits), 0), COALESCE(SUM("exactCredits"), 0) FROM gone'
 ).bindparams(bindparam("ids", type_=ARRAY(Text)))
 
 
@@ -174,30 +176,48 @@ def _open(path: Path) -> int:
     return fd
 
 
-async def _delete(session: AsyncSession, ids: Sequence[str], cutoff: datetime) -> list[Any]:
-    """Delete these records if still old by `cutoff`; each deleted one's credits and exact
-    credits."""
+@dataclass
+class _Tally:
+    """Records deleted so far, with their credits and exact credits."""
+
+    count: int = 0
+    credits: int = 0
+    exact_credits: Decimal = Decimal(0)
+
+    def add(self, count: int, credits: int, exact_credits: Decimal) -> int:
+        self.count += count
+        self.credits += credits
+        self.exact_credits = EXACT.add(self.exact_credits, exact_credits)
+        return count
+
+
+async def _delete(
+    session: AsyncSession, ids: Sequence[str], cutoff: datetime, tally: _Tally
+) -> int:
+    """Delete these records if still old by `cutoff`, counted in `tally`; how many."""
     result = await session.execute(_DELETE, {"ids": list(ids), "cutoff": cutoff})
-    return list(result.all())
+    count, credits, exact = result.one()
+    return tally.add(int(count), int(credits), Decimal(exact))
 
 
 async def _resume(
-    sessions: async_sessionmaker[AsyncSession], fd: int, cutoff: datetime
-) -> tuple[int, list[Any]]:
+    sessions: async_sessionmaker[AsyncSession], fd: int, cutoff: datetime, tally: _Tally
+) -> int:
     """Delete the records already in the file; cut off an unfinished last member. Returns
-    the number deleted and their credits."""
-    deleted: list[Any] = []
+    how many were deleted."""
+    deleted = 0
     end = 0
     with os.fdopen(os.dup(fd), "rb") as handle:
         handle.seek(0)
         for records, member_end in read_members(handle):
             async with session_scope(sessions) as session:
-                deleted += await _delete(session, [r["eventId"] for r in records], cutoff)
+                ids = [r["eventId"] for r in records]
+                deleted += await _delete(session, ids, cutoff, tally)
             end = member_end
     if end != os.fstat(fd).st_size:
         os.ftruncate(fd, end)
         os.fsync(fd)
-    return len(deleted), deleted
+    return deleted
 
 
 async def archive_calls(
@@ -216,10 +236,11 @@ async def archive_calls(
     if chunk < 1:
         raise ValueError(f"a chunk holds at least one record, not {chunk}")
     naive = cutoff.astimezone(UTC).replace(tzinfo=None)
+    tally = _Tally()
     fd = _open(path)
     try:
-        resumed, deleted = await _resume(sessions, fd, naive)
-        archived, chunks, after = 0, 0, ""
+        resumed = await _resume(sessions, fd, naive, tally)
+        chunks, after = 0, ""
         while True:
             async with session_scope(sessions) as session:
                 rows = (
@@ -231,19 +252,17 @@ async def archive_calls(
                     break
                 _append(fd, [record(row) for row in rows])
                 ids = [row[0] for row in rows]
-                gone = await _delete(session, ids, naive)
-                if len(gone) != len(ids):
+                if await _delete(session, ids, naive, tally) != len(ids):
                     raise ArchiveUnreadable("locked records changed before they were deleted")
-            deleted += gone
-            archived, chunks, after = archived + len(rows), chunks + 1, ids[-1]
+            chunks, after = chunks + 1, ids[-1]
     finally:
         os.close(fd)
     return ArchiveResult(
         path=str(path),
         cutoff=cutoff,
-        archived=archived,
+        archived=tally.count - resumed,
         resumed=resumed,
-        credits=sum(int(credits) for credits, _ in deleted),
-        exact_credits=sum((Decimal(exact) for _, exact in deleted), Decimal(0)),
+        credits=tally.credits,
+        exact_credits=tally.exact_credits,
         chunks=chunks,
     )
