@@ -127,9 +127,9 @@ class UsageReport:
 class ExperimentUsage:
     """An experiment's usage by provider and model, beside its estimate and recorded totals.
 
-    `credits_used` and `exact_credits_used` are the experiment's columns; `total.credits` always
-    equals `credits_used` (the ledger's invariant). `estimate_delta` = `credits_used` -
-    `estimated_credits` (positive: over the estimate)."""
+    `credits_used` and `exact_credits_used` are the experiment's columns; `total.credits` equals
+    `credits_used` (the ledger's invariant) while none of its call records is archived.
+    `estimate_delta` = `credits_used` - `estimated_credits` (positive: over the estimate)."""
 
     experiment_id: str
     name: str
