@@ -19,6 +19,7 @@ from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]
+CATALOG = get_catalog(None)
 
 
 async def post(sessions: Sessions, user_id: str, type_: TransactionType, amount: int) -> None:
@@ -194,7 +195,7 @@ async def test_experiment_breakdown_sums_equal_the_ledger(sessions: Sessions) ->
             await charge_events(session, docs[start : start + 10])
 
     async with session_scope(sessions) as session:
-        usage = await reports.experiment_usage(session, experiment_id)
+        usage = await reports.experiment_usage(session, experiment_id, catalog=CATALOG)
         ledger_credits = await usage_sum(session, experiment_id)
         experiment = await session.get(MAACExperiment, experiment_id)
     assert experiment is not None
@@ -223,9 +224,9 @@ async def test_unbilled_usage_of_a_userless_experiment_is_reported(sessions: Ses
         experiment_id = await create_experiment(session, None)
         await charge_events(session, documents(experiment_id, 6))
     async with session_scope(sessions) as session:
-        usage = await reports.experiment_usage(session, experiment_id)
+        usage = await reports.experiment_usage(session, experiment_id, catalog=CATALOG)
         with pytest.raises(accounts.NotFound):
-            await reports.experiment_usage(session, "no-such-experiment")
+            await reports.experiment_usage(session, "no-such-experiment", catalog=CATALOG)
     assert usage.user_id is None
     assert usage.total.calls == usage.total.unbilled_calls == 6
     assert usage.total.credits == usage.total.unbilled_credits == usage.credits_used > 0
@@ -241,13 +242,17 @@ async def test_usage_of_a_user_by_provider_and_day_since(sessions: Sessions) -> 
         await create_experiment(session, None)
 
     async with session_scope(sessions) as session:
-        by_provider = await reports.usage_report(session, user=user_id, by=reports.GroupBy.PROVIDER)
-        by_day = await reports.usage_report(session, user=user_id, by=reports.GroupBy.DAY)
+        by_provider = await reports.usage_report(
+            session, user=user_id, by=reports.GroupBy.PROVIDER, catalog=CATALOG
+        )
+        by_day = await reports.usage_report(
+            session, user=user_id, by=reports.GroupBy.DAY, catalog=CATALOG
+        )
         by_model = await reports.usage_report(
-            session, experiment_id=second, by=reports.GroupBy.MODEL
+            session, experiment_id=second, by=reports.GroupBy.MODEL, catalog=CATALOG
         )
         later = await reports.usage_report(
-            session, user=user_id, since=datetime.now(UTC) + timedelta(minutes=5)
+            session, user=user_id, since=datetime.now(UTC) + timedelta(minutes=5), catalog=CATALOG
         )
         credits_charged = -int(
             await session.scalar(
@@ -259,7 +264,7 @@ async def test_usage_of_a_user_by_provider_and_day_since(sessions: Sessions) -> 
             or 0
         )
         with pytest.raises(reports.InvalidQuery):
-            await reports.usage_report(session)
+            await reports.usage_report(session, catalog=CATALOG)
 
     assert [g.key for g in by_provider.groups] == ["anthropic", "google", "openai"]
     assert [g.calls for g in by_provider.groups] == [3, 3, 3]
@@ -322,5 +327,5 @@ async def test_estimate_is_stored_and_compared_with_the_balance(sessions: Sessio
             await estimate(session, system, [unknown])
     assert (short.estimated_credits, short.covered, short.shortfall) == (1_320, False, 70)
     async with session_scope(sessions) as session:
-        usage = await reports.experiment_usage(session, system)
+        usage = await reports.experiment_usage(session, system, catalog=CATALOG)
     assert (usage.estimated_credits, usage.estimate_delta) == (1_320, -1_320)

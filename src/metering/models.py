@@ -211,7 +211,10 @@ class UsageCall(Base):
     """
 
     __tablename__ = "UsageCall"
-    __table_args__ = (Index("UsageCall_experimentId_idx", "experimentId"),)
+    __table_args__ = (
+        Index("UsageCall_experimentId_idx", "experimentId"),
+        Index("UsageCall_userId_idx", "userId"),
+    )
 
     event_id: Mapped[str] = mapped_column("eventId", Text, primary_key=True)
     experiment_id: Mapped[str] = mapped_column("experimentId", Text, nullable=False)

@@ -1,41 +1,31 @@
 """Read-only reports over the ledger: balances, transaction pages and usage breakdowns.
 
-Nothing here writes. Each report is one SQL query (plus the lookup of its user or experiment);
-usage is aggregated in PostgreSQL from the USAGE rows' JSONB metadata (`provider`, `model`, the
-token counts, `costUsd`, `exactCredits`) and from `UnbilledUsage` for experiments without a user,
-so a breakdown's credits always add up to the ledger's. Times are UTC; the ledger's time is a
-row's `createdAt` (when it was charged).
+Nothing here writes. Balances and transaction pages read `CreditTransaction`; usage breakdowns
+read the typed call records (`UsageCall`, one per charged call, unbilled ones with no `userId`),
+so a breakdown's credits add up to the ledger's for every call still recorded (calls archived
+by `metering calls archive` leave the breakdowns). USD at catalog price is recomputed from each
+call's token counts, tier and `occurredAt` with the catalog in use. Times are UTC; a call's
+time in a report is its `createdAt` (when it was charged).
 """
 
 import base64
 import binascii
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Numeric,
-    Subquery,
-    false,
-    func,
-    literal,
-    select,
-    true,
-    tuple_,
-    union_all,
-)
+from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts
 from metering.errors import PermanentError
-from metering.models import CreditTransaction, MAACExperiment, TransactionType, UnbilledUsage
-from metering.pricing.calculator import EXACT
+from metering.models import CreditTransaction, MAACExperiment, TransactionType, UsageCall
+from metering.pricing import Catalog, TokenUsage
+from metering.pricing.calculator import EXACT, cost_usd
 from metering.pricing.money import USD_PER_CREDIT
 
 DEFAULT_PAGE = 50
@@ -47,7 +37,7 @@ TOKEN_KINDS = (
     ("cache_write_tokens", "cacheWriteTokens"),
     ("reasoning_tokens", "reasoningTokens"),
 )
-"""Report field and the USAGE metadata key it sums."""
+"""Report field and the camelCase name the platform gives it."""
 
 
 class InvalidQuery(PermanentError):
@@ -137,9 +127,9 @@ class UsageReport:
 class ExperimentUsage:
     """An experiment's usage by provider and model, beside its estimate and recorded totals.
 
-    `credits_used` and `exact_credits_used` are the experiment's columns; `total.credits` always
-    equals `credits_used` (the ledger's invariant). `estimate_delta` = `credits_used` -
-    `estimated_credits` (positive: over the estimate)."""
+    `credits_used` and `exact_credits_used` are the experiment's columns; `total.credits` equals
+    `credits_used` (the ledger's invariant) while none of its call records is archived.
+    `estimate_delta` = `credits_used` - `estimated_credits` (positive: over the estimate)."""
 
     experiment_id: str
     name: str
@@ -250,73 +240,150 @@ async def user_transactions(
     return TransactionPage(user.id, items, next_cursor)
 
 
-def _usage_rows(
-    *, user_id: str | None, experiment_id: str | None, since: datetime | None
-) -> Subquery:
-    """USAGE rows (and, for an experiment, its unbilled usage) as one row set to aggregate."""
-    t = CreditTransaction
-    billed = select(
-        t.created_at.label("created_at"),
-        t.amount.label("amount"),
-        t.metadata_.label("metadata"),
-        false().label("unbilled"),
-    ).where(t.type == TransactionType.USAGE)
-    if user_id is not None:
-        billed = billed.where(t.user_id == user_id)
-    if experiment_id is not None:
-        billed = billed.where(t.experiment_id == experiment_id)
-    if since is not None:
-        billed = billed.where(t.created_at >= to_utc(since))
-    if experiment_id is None:
-        return billed.subquery()
-    n = UnbilledUsage
-    unbilled = select(n.created_at, n.amount, n.metadata_, true().label("unbilled")).where(
-        n.experiment_id == experiment_id
-    )
-    if since is not None:
-        unbilled = unbilled.where(n.created_at >= to_utc(since))
-    return union_all(billed, unbilled).subquery()
+def _scoped(query: Select[Any], scope: "_Scope") -> Select[Any]:
+    """`query` over the call records of one user or one experiment, since `scope.since`."""
+    c = UsageCall
+    if scope.user_id is not None:
+        query = query.where(c.user_id == scope.user_id)
+    if scope.experiment_id is not None:
+        query = query.where(c.experiment_id == scope.experiment_id)
+    if scope.since is not None:
+        query = query.where(c.created_at >= to_utc(scope.since))
+    return query
+
+
+@dataclass(frozen=True)
+class _Scope:
+    user_id: str | None
+    experiment_id: str | None
+    since: datetime | None
+
+
+def _day() -> ColumnElement[datetime]:
+    """The UTC day a call was charged."""
+    return func.date_trunc("day", UsageCall.created_at)
 
 
 async def _aggregate(
     session: AsyncSession,
+    catalog: Catalog,
     *,
     by: GroupBy,
     user_id: str | None = None,
     experiment_id: str | None = None,
     since: datetime | None = None,
 ) -> list[UsageGroup]:
-    """One GROUP BY over the usage rows, in key order."""
-    usage = _usage_rows(user_id=user_id, experiment_id=experiment_id, since=since)
-    metadata = usage.c.metadata
-    provider = metadata["provider"].astext
-    model = metadata["model"].astext
-    day = func.date_trunc("day", usage.c.created_at)
-    keys: list[ColumnElement[Any]] = {
-        GroupBy.PROVIDER: [provider],
-        GroupBy.MODEL: [provider, model],
-        GroupBy.DAY: [day],
-    }[by]
-    tokens = [
-        func.coalesce(func.sum(metadata[key].astext.cast(BigInteger)), 0).label(field)
-        for field, key in TOKEN_KINDS
-    ]
+    """One GROUP BY over the call records, by the report's key and each call's (provider,
+    model, tier), folded into the report's groups in key order. Calls without a user
+    (`userId` NULL) are the unbilled ones."""
+    scope = _Scope(user_id, experiment_id, since)
+    c = UsageCall
+    unbilled = c.user_id.is_(None)
+    prompt = c.input_tokens + c.cached_input_tokens + c.cache_write_tokens
+    day = _day() if by is GroupBy.DAY else literal(None)
+    keys: list[ColumnElement[Any]] = [day, c.provider, c.model, c.tier]  # type: ignore[list-item]
+    order = {GroupBy.PROVIDER: keys[1:2], GroupBy.MODEL: keys[1:3]}.get(by, keys[:1])
     query = select(
-        provider.label("provider") if by in (GroupBy.PROVIDER, GroupBy.MODEL) else literal(None),
-        model.label("model") if by is GroupBy.MODEL else literal(None),
-        day.label("day") if by is GroupBy.DAY else literal(None),
-        func.count().label("calls"),
-        *tokens,
-        func.coalesce(func.sum(metadata["costUsd"].astext.cast(Numeric)), 0).label("cost_usd"),
-        func.coalesce(func.sum(metadata["exactCredits"].astext.cast(Numeric)), 0).label("exact"),
-        (-func.coalesce(func.sum(usage.c.amount), 0)).label("credits"),
-        func.count().filter(usage.c.unbilled).label("unbilled_calls"),
-        (-func.coalesce(func.sum(usage.c.amount).filter(usage.c.unbilled), 0)).label(
-            "unbilled_credits"
-        ),
-    ).select_from(usage)
-    query = query.group_by(*keys).order_by(*keys)
-    return [_group(*row) for row in (await session.execute(query)).all()]
+        *keys,
+        func.count(),
+        *(func.sum(getattr(c, field)) for field, _ in TOKEN_KINDS),
+        func.sum(c.exact_credits),
+        func.sum(c.credits),
+        func.count().filter(unbilled),
+        func.coalesce(func.sum(c.credits).filter(unbilled), 0),
+        func.min(c.occurred_at),
+        func.max(c.occurred_at),
+        func.min(prompt),
+        func.max(prompt),
+    )
+    query = _scoped(query, scope).group_by(*keys).order_by(*order, c.tier)
+    groups: dict[str, list[UsageGroup]] = {}
+    for result in (await session.execute(query)).all():
+        row: tuple[Any, ...] = tuple(result)
+        day_at, provider, model, tier = row[:4]
+        cost = await _cost_usd(session, catalog, scope, day_at, (provider, model, tier), row)
+        calls, fresh, output, cached, written, reasoning = row[4:10]
+        exact, credits, unbilled_calls, unbilled_credits = row[10:14]
+        group = _group(
+            provider if by is not GroupBy.DAY else None,
+            model if by is GroupBy.MODEL else None,
+            day_at,
+            calls,
+            fresh,
+            output,
+            cached,
+            written,
+            reasoning,
+            cost,
+            exact,
+            credits,
+            unbilled_calls,
+            unbilled_credits,
+        )
+        groups.setdefault(group.key, []).append(group)
+    return [_merge(key, parts) for key, parts in groups.items()]
+
+
+def _merge(key: str, parts: list[UsageGroup]) -> UsageGroup:
+    """One report group from its parts (one per tier or model), exactly."""
+    if len(parts) == 1:
+        return parts[0]
+    total = sum_groups(parts)
+    first = parts[0]
+    return replace(total, key=key, provider=first.provider, model=first.model, day=first.day)
+
+
+async def _cost_usd(
+    session: AsyncSession,
+    catalog: Catalog,
+    scope: _Scope,
+    day: datetime | None,
+    call: tuple[str, str, str],
+    row: tuple[Any, ...],
+) -> Decimal:
+    """Exact USD at catalog price of the calls summed in `row`. Cost is linear in the token
+    counts at one set of rates, so the summed counts are priced once when every call had the
+    same rates (one price period, no time-of-day window, all or none past the long-context
+    threshold); otherwise each call is priced (`_cost_per_call`)."""
+    provider, model, tier = call
+    first, last, least_prompt, most_prompt = row[14:18]
+    resolved = catalog.resolve(provider, model)
+    period = resolved.period_at(aware(first))
+    above = None if period.long_context is None else period.long_context.above_prompt_tokens
+    if (
+        period is not resolved.period_at(aware(last))
+        or period.time_of_day
+        or (above is not None and least_prompt <= above < most_prompt)
+    ):
+        return await _cost_per_call(session, catalog, scope, day, call)
+    probe = catalog.price_call(provider, model, TokenUsage(int(most_prompt), 0), aware(first), tier)
+    rates = {token_class: Decimal(price) for token_class, price in probe.prices.items()}
+    return cost_usd(rates, TokenUsage(*(int(count) for count in row[5:10])))
+
+
+async def _cost_per_call(
+    session: AsyncSession,
+    catalog: Catalog,
+    scope: _Scope,
+    day: datetime | None,
+    call: tuple[str, str, str],
+) -> Decimal:
+    """Exact USD at catalog price of these calls, each priced as the pipeline priced it."""
+    c = UsageCall
+    provider, model, tier = call
+    query = select(*(getattr(c, field) for field, _ in TOKEN_KINDS), c.occurred_at).where(
+        c.provider == provider, c.model == model, c.tier == tier
+    )
+    if day is not None:
+        query = query.where(_day() == day)
+    total = Decimal(0)
+    with localcontext(EXACT):
+        for fresh, output, cached, written, reasoning, occurred_at in await session.execute(
+            _scoped(query, scope)
+        ):
+            usage = TokenUsage(fresh, output, cached, written, reasoning)
+            total += catalog.price_call(provider, model, usage, aware(occurred_at), tier).usd
+    return total
 
 
 def _group(
@@ -364,13 +431,16 @@ def sum_groups(groups: Sequence[UsageGroup]) -> UsageGroup:
     """The total of several groups, exactly (integers and Decimals only)."""
     fields = ("calls", *(field for field, _ in TOKEN_KINDS), "credits", "unbilled_calls")
     counts = {name: sum(getattr(g, name) for g in groups) for name in fields}
+    with localcontext(EXACT):
+        cost = sum((g.cost_usd for g in groups), Decimal(0))
+        exact = sum((g.exact_credits for g in groups), Decimal(0))
     return UsageGroup(
         key="total",
         provider=None,
         model=None,
         day=None,
-        cost_usd=exact_decimal(sum((g.cost_usd for g in groups), Decimal(0))),
-        exact_credits=exact_decimal(sum((g.exact_credits for g in groups), Decimal(0))),
+        cost_usd=exact_decimal(cost),
+        exact_credits=exact_decimal(exact),
         unbilled_credits=sum(g.unbilled_credits for g in groups),
         **counts,
     )
@@ -393,27 +463,31 @@ async def usage_report(
     experiment_id: str | None = None,
     by: GroupBy = GroupBy.MODEL,
     since: datetime | None = None,
+    catalog: Catalog,
 ) -> UsageReport:
-    """Usage of exactly one of a user (id or email) or an experiment, grouped by `by`.
+    """Usage of exactly one of a user (id or email) or an experiment, grouped by `by`, USD
+    priced by `catalog`.
 
-    A user's usage is what was charged to them; an experiment's includes unbilled usage.
+    A user's usage is the calls charged to them; an experiment's includes unbilled calls.
     """
     if (user is None) == (experiment_id is None):
         raise InvalidQuery("give either a user or an experiment")
     if user is not None:
         scope, scope_id = "user", (await accounts.find_user(session, user)).id
-        groups = await _aggregate(session, by=by, user_id=scope_id, since=since)
+        groups = await _aggregate(session, catalog, by=by, user_id=scope_id, since=since)
     else:
         assert experiment_id is not None
         scope, scope_id = "experiment", (await accounts.find_experiment(session, experiment_id)).id
-        groups = await _aggregate(session, by=by, experiment_id=scope_id, since=since)
+        groups = await _aggregate(session, catalog, by=by, experiment_id=scope_id, since=since)
     return UsageReport(scope, scope_id, by, since, groups, sum_groups(groups))
 
 
-async def experiment_usage(session: AsyncSession, experiment_id: str) -> ExperimentUsage:
+async def experiment_usage(
+    session: AsyncSession, experiment_id: str, *, catalog: Catalog
+) -> ExperimentUsage:
     """The experiment's usage by provider and model with its estimate; `NotFound` if unknown."""
     experiment: MAACExperiment = await accounts.find_experiment(session, experiment_id)
-    groups = await _aggregate(session, by=GroupBy.MODEL, experiment_id=experiment.id)
+    groups = await _aggregate(session, catalog, by=GroupBy.MODEL, experiment_id=experiment.id)
     estimated = experiment.estimated_credits
     return ExperimentUsage(
         experiment_id=experiment.id,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     """One JSON object per line; false for a human-readable console format."""
     metering_usage_batch_size: int = Field(default=500, ge=1, le=10_000)
     """Stream entries read per XREADGROUP and charged per database transaction."""
+    metering_usage_window_days: int = Field(default=35, ge=1, le=3_650)
+    """Days after `occurred_at` that a usage event is charged at most once; older events are
+    dead-lettered (`outside_window`), and call records older than this may be archived."""
     metering_usage_claim_idle_ms: int = Field(default=30_000, ge=100)
     """A delivered, unacknowledged entry idle this long is reclaimed (its consumer died)."""
     metering_usage_max_deliveries: int = Field(default=20, ge=2)

@@ -65,6 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "transactions": ("reports", "A user's ledger rows, newest first."),
     "db": ("database", "Apply or roll back database migrations."),
+    "calls": ("calls", "Call records: archive those older than the exactly-once window."),
     "metrics": ("metrics", "Prometheus metrics of this host."),
     "dlq": ("pipeline", "Dead letters: usage entries that could not be charged."),
     "stripe": ("stripe", "Stripe webhook events: inspect and replay."),

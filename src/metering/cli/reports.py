@@ -17,6 +17,8 @@ from metering import reports
 from metering.cli.app import app
 from metering.cli.common import console, errors, fail, in_database, print_json
 from metering.models import TransactionType
+from metering.pricing import get_catalog
+from metering.settings import get_settings
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 BY = typer.Option(reports.GroupBy.MODEL, help="How to group the usage.")
@@ -101,7 +103,12 @@ def usage(
 
     async def work(session: AsyncSession) -> reports.UsageReport:
         return await reports.usage_report(
-            session, user=user, experiment_id=experiment, by=by, since=since_at
+            session,
+            user=user,
+            experiment_id=experiment,
+            by=by,
+            since=since_at,
+            catalog=get_catalog(get_settings().metering_price_catalog),
         )
 
     with errors.status("summing usage"):

@@ -67,7 +67,9 @@ class EstimateRequest(BaseModel):
 async def get_usage(experiment_id: ExperimentId, state: State) -> ExperimentUsageResponse:
     """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
     async with session_scope(state.sessions) as session:
-        usage = await reports.experiment_usage(session, experiment_id)
+        usage = await reports.experiment_usage(
+            session, experiment_id, catalog=get_catalog(state.settings.metering_price_catalog)
+        )
     return ExperimentUsageResponse.model_validate(usage, from_attributes=True)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from metering import reports
 from metering.db import session_scope
 from metering.models import TransactionType
+from metering.pricing import get_catalog
 from metering.web import errors
 from metering.web.auth import require_api_token
 from metering.web.deps import State
@@ -88,5 +89,11 @@ async def get_usage(
 ) -> UsageReportResponse:
     """The user's usage grouped by provider, model or day (UTC, by when it was charged)."""
     async with session_scope(state.sessions) as session:
-        report = await reports.usage_report(session, user=user_id, by=by, since=since)
+        report = await reports.usage_report(
+            session,
+            user=user_id,
+            by=by,
+            since=since,
+            catalog=get_catalog(state.settings.metering_price_catalog),
+        )
     return UsageReportResponse.model_validate(report, from_attributes=True)

@@ -1,0 +1,122 @@
+"""Usage breakdowns read the call records: equal to the per-call USAGE rows they replace."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Numeric, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from metering import reports
+from metering.db import session_scope
+from metering.models import CreditTransaction, TransactionType
+from metering.pricing import get_catalog
+from tests.factories import create_experiment, create_user
+from tests.usage_data import charge_events, event
+
+Sessions = async_sessionmaker[AsyncSession]
+CATALOG = get_catalog(None)
+SEPTEMBER = datetime(2025, 9, 1, tzinfo=UTC)
+
+
+def mixed(experiment_id: str) -> list[dict[str, Any]]:
+    """Calls whose rates differ within one model: two price periods, both sides of a
+    long-context threshold, time-of-day windows, two tiers of one model."""
+    docs = []
+    for n in range(24):
+        docs.append(event(experiment_id, n, cached_input_tokens=10 * n, reasoning_tokens=n % 4))
+    for n, at in enumerate((datetime(2024, 9, 1, tzinfo=UTC), SEPTEMBER)):
+        docs.append(
+            event(experiment_id, provider="openai", model="gpt-4o", occurred_at=at.isoformat())
+        )
+        docs[-1]["cached_input_tokens"] = 100 + n
+    for prompt in (1_000, 300_000):
+        april = datetime(2026, 4, 1, tzinfo=UTC).isoformat()
+        docs.append(
+            event(
+                experiment_id,
+                provider="openai",
+                model="gpt-5.4",
+                input_tokens=prompt,
+                occurred_at=april,
+            )
+        )
+    for hour in range(0, 24, 3):
+        at = SEPTEMBER + timedelta(hours=hour)
+        docs.append(
+            event(
+                experiment_id,
+                provider="deepseek",
+                model="deepseek-chat",
+                occurred_at=at.isoformat(),
+            )
+        )
+    for tier in ("standard", "batch"):
+        docs.append(event(experiment_id, provider="openai", model="gpt-4o-mini", tier=tier))
+    return docs
+
+
+async def from_usage_rows(session: AsyncSession, experiment_id: str) -> dict[str, tuple[Any, ...]]:
+    """Calls, USD, exact credits and credits by `provider/model`, summed from the USAGE rows'
+    metadata as reports summed them while each call had its own row."""
+    meta = CreditTransaction.metadata_
+    key = meta["provider"].astext + "/" + meta["model"].astext
+    rows = await session.execute(
+        select(
+            key,
+            func.count(),
+            func.sum(meta["costUsd"].astext.cast(Numeric)),
+            func.sum(meta["exactCredits"].astext.cast(Numeric)),
+            -func.sum(CreditTransaction.amount),
+        )
+        .where(
+            CreditTransaction.experiment_id == experiment_id,
+            CreditTransaction.type == TransactionType.USAGE,
+        )
+        .group_by(key)
+    )
+    return {
+        name: (calls, reports.exact_decimal(usd), reports.exact_decimal(exact), credits)
+        for name, calls, usd, exact, credits in rows
+    }
+
+
+async def test_breakdown_equals_the_per_call_usage_rows(sessions: Sessions) -> None:
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 10_000_000)
+        experiment_id = await create_experiment(session, user_id)
+    docs = mixed(experiment_id)
+    for start in range(0, len(docs), 7):
+        async with session_scope(sessions) as session:
+            await charge_events(session, docs[start : start + 7], markup=Decimal("1.5"))
+
+    async with session_scope(sessions) as session:
+        usage = await reports.experiment_usage(session, experiment_id, catalog=CATALOG)
+        by_user = await reports.usage_report(session, user=user_id, catalog=CATALOG)
+        by_day = await reports.usage_report(
+            session, user=user_id, by=reports.GroupBy.DAY, catalog=CATALOG
+        )
+        want = await from_usage_rows(session, experiment_id)
+
+    got = {g.key: (g.calls, g.cost_usd, g.exact_credits, g.credits) for g in usage.groups}
+    assert got == want
+    assert {"openai/gpt-4o", "openai/gpt-5.4", "deepseek/deepseek-chat"} <= set(got)
+    assert usage.groups == by_user.groups
+    assert usage.total.credits == usage.credits_used == by_day.total.credits
+    assert usage.total.cost_usd == by_day.total.cost_usd == sum(w[1] for w in want.values())
+    assert usage.total.calls == len(docs)
+
+
+async def test_unbilled_calls_count_for_the_experiment_only(sessions: Sessions) -> None:
+    async with session_scope(sessions) as session:
+        user_id = await create_user(session, 1_000_000)
+        billed = await create_experiment(session, user_id)
+        unbilled = await create_experiment(session, None)
+        await charge_events(session, [event(billed, n) for n in range(3)])
+        await charge_events(session, [event(unbilled, n) for n in range(4)])
+    async with session_scope(sessions) as session:
+        free = await reports.usage_report(session, experiment_id=unbilled, catalog=CATALOG)
+        charged = await reports.usage_report(session, user=user_id, catalog=CATALOG)
+    assert (free.total.calls, free.total.unbilled_calls) == (4, 4)
+    assert free.total.unbilled_credits == free.total.credits > 0
+    assert (charged.total.calls, charged.total.unbilled_calls) == (3, 0)
