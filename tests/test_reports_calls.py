@@ -1,17 +1,19 @@
-"""Usage breakdowns read the call records: equal to the per-call USAGE rows they replace."""
+"""Usage breakdowns read the call records: equal to the calls summed one by one."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Numeric, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import reports
+from metering import ledger, reports
 from metering.db import session_scope
-from metering.models import CreditTransaction, TransactionType
 from metering.pricing import get_catalog
+from metering.usage.parse import parse_entries
+from metering.usage.price import price_events
+from metering.usage.streams import Entry
 from tests.factories import create_experiment, create_user
+from tests.pipeline.helpers import raw
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -56,28 +58,27 @@ def mixed(experiment_id: str) -> list[dict[str, Any]]:
     return docs
 
 
-async def from_usage_rows(session: AsyncSession, experiment_id: str) -> dict[str, tuple[Any, ...]]:
-    """Calls, USD, exact credits and credits by `provider/model`, summed from the USAGE rows'
-    metadata as reports summed them while each call had its own row."""
-    meta = CreditTransaction.metadata_
-    key = meta["provider"].astext + "/" + meta["model"].astext
-    rows = await session.execute(
-        select(
-            key,
-            func.count(),
-            func.sum(meta["costUsd"].astext.cast(Numeric)),
-            func.sum(meta["exactCredits"].astext.cast(Numeric)),
-            -func.sum(CreditTransaction.amount),
-        )
-        .where(
-            CreditTransaction.experiment_id == experiment_id,
-            CreditTransaction.type == TransactionType.USAGE,
-        )
-        .group_by(key)
-    )
+def expected_groups(
+    docs: list[dict[str, Any]], charged: list[tuple[ledger.UsageOutcome, list[ledger.UsageCharge]]]
+) -> dict[str, tuple[Any, ...]]:
+    """Calls, USD, exact credits and credits by `provider/model`, summed call by call: each call
+    priced alone at its own time, charged what the ledger said when it was charged."""
+    entries = [Entry("s", f"1-{n}", raw(d)) for n, d in enumerate(docs)]
+    parsed, _, _ = parse_entries(entries)
+    priced, _ = price_events(parsed, CATALOG)
+    usd = {p.parsed.event.event_id: p.cost.usd for p in priced}
+    sums: dict[str, list[Any]] = {}
+    for outcome, charges in charged:
+        for charge in charges:
+            key = f"{charge.call.provider}/{charge.call.model}"
+            group = sums.setdefault(key, [0, Decimal(0), Decimal(0), 0])
+            group[0] += 1
+            group[1] += usd[charge.event_id]
+            group[2] += charge.exact_credits
+            group[3] -= outcome.amounts[charge.event_id]
     return {
-        name: (calls, reports.exact_decimal(usd), reports.exact_decimal(exact), credits)
-        for name, calls, usd, exact, credits in rows
+        key: (calls, reports.exact_decimal(cost), reports.exact_decimal(exact), credits)
+        for key, (calls, cost, exact, credits) in sums.items()
     }
 
 
@@ -86,9 +87,12 @@ async def test_breakdown_equals_the_per_call_usage_rows(sessions: Sessions) -> N
         user_id = await create_user(session, 10_000_000)
         experiment_id = await create_experiment(session, user_id)
     docs = mixed(experiment_id)
+    charged = []
     for start in range(0, len(docs), 7):
         async with session_scope(sessions) as session:
-            await charge_events(session, docs[start : start + 7], markup=Decimal("1.5"))
+            charged.append(
+                await charge_events(session, docs[start : start + 7], markup=Decimal("1.5"))
+            )
 
     async with session_scope(sessions) as session:
         usage = await reports.experiment_usage(session, experiment_id, catalog=CATALOG)
@@ -96,8 +100,8 @@ async def test_breakdown_equals_the_per_call_usage_rows(sessions: Sessions) -> N
         by_day = await reports.usage_report(
             session, user=user_id, by=reports.GroupBy.DAY, catalog=CATALOG
         )
-        want = await from_usage_rows(session, experiment_id)
 
+    want = expected_groups(docs, charged)
     got = {g.key: (g.calls, g.cost_usd, g.exact_credits, g.credits) for g in usage.groups}
     assert got == want
     assert {"openai/gpt-4o", "openai/gpt-5.4", "deepseek/deepseek-chat"} <= set(got)

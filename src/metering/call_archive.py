@@ -3,14 +3,15 @@
 The file is gzip JSON lines: one object per call record, the table's columns under their names
 (all but `payloadDigest`, needed only inside the window), `exactCredits` a decimal string, times
 RFC 3339 in UTC. A record is archived when it was both recorded (`createdAt`) and occurred
-(`occurredAt`) before the cutoff, and the cutoff is outside the window (`usage_window`).
+(`occurredAt`) before the cutoff, and the cutoff is outside the window (`usage.window`).
 
 Each chunk is one transaction: lock its rows, append them to the file as one gzip member, fsync,
-delete them, commit. A row is deleted only once it is on disk. A run stopped between the fsync
-and the commit leaves rows both in the file and in the table; the next run onto the same file
-first deletes the rows already in it (writing nothing again) and cuts off a member a crash left
-unfinished (its rows were never deleted). So after a finished run every archived record is in
-the file exactly once, however often runs were interrupted.
+delete them (adding their sums per experiment and owner to `ArchivedUsage`, which reconcile
+counts with the call records kept), commit. A row is deleted only once it is on disk. A run
+stopped between the fsync and the commit leaves rows both in the file and in the table; the
+next run onto the same file first deletes the rows already in it (writing nothing again) and
+cuts off a member a crash left unfinished (its rows were never deleted). So after a finished
+run every archived record is in the file exactly once, however often runs were interrupted.
 """
 
 import fcntl
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from metering.db import session_scope
 from metering.errors import PermanentError
 from metering.pricing.calculator import EXACT
-from metering.usage_window import outside_window, window_start
+from metering.usage.window import outside_window, window_start
 
 COLUMNS = (
     "eventId",
@@ -51,6 +52,7 @@ COLUMNS = (
     "occurredAt",
     "catalogVersion",
     "createdAt",
+    "metadata",
 )
 DEFAULT_CHUNK = 5_000
 _READ = 1 << 20
@@ -62,9 +64,17 @@ _SELECT = text(
 )
 _DELETE = text(
     f'WITH gone AS (DELETE FROM "UsageCall" WHERE "eventId" = ANY(:ids) AND {_OLD} '
-    'RETURNING credits, "exactCredits") '
+    'RETURNING "experimentId", "userId", credits, "exactCredits", "inputTokens", '
+    '"outputTokens"), '
+    'kept AS (INSERT INTO "ArchivedUsage" (id, "experimentId", "userId", calls, credits, '
+    '"exactCredits", "inputTokens", "outputTokens") '
+    "SELECT 'arc_' || md5(random()::text || clock_timestamp()::text), \"experimentId\", "
+    '"userId", count(*), SUM(credits), SUM("exactCredits"), SUM("inputTokens"), '
+    'SUM("outputTokens") FROM gone GROUP BY "experimentId", "userId") '
     'SELECT count(*), COALESCE(SUM(credits), 0), COALESCE(SUM("exactCredits"), 0) FROM gone'
 ).bindparams(bindparam("ids", type_=ARRAY(Text)))
+"""Deletes the records and, in the same statement, adds their sums per experiment and owner to
+`ArchivedUsage`, for reconcile."""
 
 
 class InsideWindow(PermanentError):

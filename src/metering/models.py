@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Enum,
     ForeignKey,
@@ -234,6 +235,29 @@ class UsageCall(Base):
     payload_digest: Mapped[bytes | None] = mapped_column("payloadDigest", LargeBinary)
     created_at: Mapped[datetime] = _created_at()
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+
+
+class ArchivedUsage(Base):
+    """Ours. What one archive run removed from `UsageCall`, summed per experiment and owner.
+
+    Written in the transaction that deletes the call records, so reconcile proves an
+    experiment's usage from its call records and its archived sums together.
+    """
+
+    __tablename__ = "ArchivedUsage"
+    __table_args__ = (Index("ArchivedUsage_experimentId_idx", "experimentId"),)
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=cuid)
+    experiment_id: Mapped[str] = mapped_column("experimentId", Text, nullable=False)
+    user_id: Mapped[str | None] = mapped_column("userId", Text)
+    calls: Mapped[int] = mapped_column("calls", Integer, nullable=False)
+    credits: Mapped[int] = mapped_column("credits", Integer, nullable=False)
+    exact_credits: Mapped[Decimal] = mapped_column("exactCredits", EXACT_CREDITS, nullable=False)
+    input_tokens: Mapped[int] = mapped_column("inputTokens", BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column("outputTokens", BigInteger, nullable=False)
+    archived_at: Mapped[datetime] = mapped_column(
+        "archivedAt", TIMESTAMP_MS, server_default=text("CURRENT_TIMESTAMP"), nullable=False
+    )
 
 
 class StripeEvent(Base):

@@ -1,7 +1,8 @@
 """Proof that the ledger's invariants hold, row for row, and what the platform deleted.
 
 The platform may delete a user (its transactions cascade away, its experiments keep their
-`creditsUsed`) or an experiment. The call records (`UsageCall`) outlive both, so such deletes are
+`creditsUsed`) or an experiment. The call records (`UsageCall`, and the sums of those archived,
+`ArchivedUsage`) outlive both, so such deletes are
 told apart from violations: an experiment's usage charged to a user deleted since is counted from
 its call records, and every delete is reported on its own (`find_deletions`), not as a violation.
 """
@@ -10,6 +11,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+_CALLS = """(
+        SELECT "experimentId", "userId", 1 AS calls, credits, "exactCredits", "inputTokens",
+               "outputTokens"
+        FROM "UsageCall"
+        UNION ALL
+        SELECT "experimentId", "userId", calls, credits, "exactCredits", "inputTokens",
+               "outputTokens"
+        FROM "ArchivedUsage"
+    )"""
+"""Every recorded call: the call records kept, and the sums of those archived."""
 
 _USER_VIOLATIONS = text(
     """
@@ -24,7 +36,7 @@ _USER_VIOLATIONS = text(
 )
 
 _EXPERIMENT_VIOLATIONS = text(
-    """
+    f"""
     SELECT e.id, e."creditsUsed" AS recorded,
            -(COALESCE(t.total, 0) + COALESCE(n.total, 0)) + COALESCE(c.orphaned, 0) AS expected,
            COALESCE(c.orphaned, 0) AS orphaned, COALESCE(c.total, 0) AS calls,
@@ -34,7 +46,7 @@ _EXPERIMENT_VIOLATIONS = text(
     LEFT JOIN (
         SELECT c."experimentId", SUM(c.credits) AS total, SUM(c."exactCredits") AS exact,
                SUM(c.credits) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL) AS orphaned
-        FROM "UsageCall" c LEFT JOIN "User" u ON u.id = c."userId"
+        FROM {_CALLS} c LEFT JOIN "User" u ON u.id = c."userId"
         GROUP BY c."experimentId"
     ) c ON c."experimentId" = e.id
     LEFT JOIN (
@@ -55,7 +67,7 @@ _EXPERIMENT_VIOLATIONS = text(
 
 
 _CALLS_DISAGREE = text(
-    """
+    f"""
     SELECT e.id, COALESCE(c.calls, 0) AS calls, COALESCE(c.input, 0) AS input,
            COALESCE(c.output, 0) AS output,
            COALESCE(r.calls, 0) + COALESCE(c.orphaned_calls, 0) AS ledger_calls,
@@ -63,14 +75,15 @@ _CALLS_DISAGREE = text(
            COALESCE(r.output, 0) + COALESCE(c.orphaned_output, 0) AS ledger_output
     FROM "MAACExperiment" e
     LEFT JOIN (
-        SELECT c."experimentId", count(*) AS calls, SUM(c."inputTokens") AS input,
+        SELECT c."experimentId", SUM(c.calls) AS calls, SUM(c."inputTokens") AS input,
                SUM(c."outputTokens") AS output,
-               count(*) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL) AS orphaned_calls,
+               SUM(c.calls) FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL)
+                   AS orphaned_calls,
                SUM(c."inputTokens") FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL)
                    AS orphaned_input,
                SUM(c."outputTokens") FILTER (WHERE c."userId" IS NOT NULL AND u.id IS NULL)
                    AS orphaned_output
-        FROM "UsageCall" c LEFT JOIN "User" u ON u.id = c."userId"
+        FROM {_CALLS} c LEFT JOIN "User" u ON u.id = c."userId"
         GROUP BY c."experimentId"
     ) c ON c."experimentId" = e.id
     LEFT JOIN (
@@ -114,19 +127,19 @@ _EVENTS_RECORDED_TWICE = text(
 
 
 _OWNERS_DELETED = text(
-    """
-    SELECT c."experimentId" AS experiment_id, c."userId" AS user_id, count(*) AS calls,
+    f"""
+    SELECT c."experimentId" AS experiment_id, c."userId" AS user_id, SUM(c.calls) AS calls,
            SUM(c.credits) AS credits
-    FROM "UsageCall" c JOIN "MAACExperiment" e ON e.id = c."experimentId"
+    FROM {_CALLS} c JOIN "MAACExperiment" e ON e.id = c."experimentId"
     WHERE c."userId" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "User" u WHERE u.id = c."userId")
     GROUP BY 1, 2 ORDER BY 1, 2
     """
 )
 
 _EXPERIMENTS_DELETED = text(
-    """
-    SELECT c."experimentId" AS experiment_id, count(*) AS calls, SUM(c.credits) AS credits
-    FROM "UsageCall" c
+    f"""
+    SELECT c."experimentId" AS experiment_id, SUM(c.calls) AS calls, SUM(c.credits) AS credits
+    FROM {_CALLS} c
     WHERE NOT EXISTS (SELECT 1 FROM "MAACExperiment" e WHERE e.id = c."experimentId")
     GROUP BY 1 ORDER BY 1
     """

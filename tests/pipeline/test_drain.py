@@ -4,6 +4,7 @@ dead letters, conflicts, unknown experiments, budget stops, crash recovery, repl
 import asyncio
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -164,6 +165,25 @@ async def test_unknown_experiment_is_retried_then_charged_once_it_exists(
     expired = await drain.reclaim_stream(redis, sessions, replace(config, unknown_retry_ms=0), 0)
     assert (expired.read, expired.dead) == (1, 1)
     assert [d.reason for d in await letters_of(redis, config)] == ["unknown_experiment"]
+
+
+async def test_an_event_older_than_the_window_is_dead_lettered_and_the_rest_charged(
+    redis: Redis, sessions: Sessions, config: drain.DrainConfig
+) -> None:
+    """Call records older than the window may have been archived: an event that old could be
+    charged twice, so it is refused with its reason, and the batch's other events are charged."""
+    user_id, experiment_id = await owner(sessions)
+    now = datetime.now(UTC)
+    recent = event(experiment_id, 0, occurred_at=(now - timedelta(days=34)).isoformat())
+    old = event(experiment_id, 1, occurred_at=(now - timedelta(days=36)).isoformat())
+    await AsyncEmitter(redis, prefix=config.prefix).emit_many([recent, old])
+    report = await drain_all(redis, sessions, replace(config, window_days=35))
+    assert (report.charged, report.dead) == (1, 1)
+    (letter,) = await letters_of(redis, config)
+    assert (letter.reason, letter.event_id) == ("outside_window", old["event_id"])
+    assert "35-day exactly-once window" in letter.detail
+    assert await calls_recorded(sessions, experiment_id) == 1
+    assert await balance(sessions, user_id) == 10_000 - expected_credits([recent])
 
 
 async def test_budget_stop_raises_the_halt_flag(

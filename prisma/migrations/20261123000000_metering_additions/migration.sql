@@ -74,9 +74,6 @@ CREATE INDEX "UnbilledUsage_experimentId_idx" ON "UnbilledUsage"("experimentId")
 CREATE INDEX "UsageCall_experimentId_idx" ON "UsageCall"("experimentId");
 
 -- CreateIndex
-CREATE INDEX "UsageCall_userId_idx" ON "UsageCall"("userId");
-
--- CreateIndex
 CREATE INDEX "StripeEvent_processedAt_receivedAt_idx" ON "StripeEvent"("processedAt", "receivedAt");
 
 -- CreateIndex

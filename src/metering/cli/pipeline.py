@@ -405,7 +405,7 @@ async def _wait_charged(
 async def _credits_per_model(session: AsyncSession, experiments: list[str]) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
-            'SELECT provider, model, count(*) AS events, sum(credits) AS credits, '
+            "SELECT provider, model, count(*) AS events, sum(credits) AS credits, "
             'sum("exactCredits") AS exact '
             'FROM "UsageCall" WHERE "experimentId" = ANY(:ids) '
             "GROUP BY 1, 2 ORDER BY 1, 2"

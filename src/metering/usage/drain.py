@@ -15,6 +15,7 @@ of time budget sends itself again, so every free process takes part while a back
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +51,7 @@ class DrainConfig:
     budget_s: float
     halt_threshold: int
     low_balance_credits: int
+    window_days: int
     markup: Decimal
     platform_fee_usd_per_million: Decimal
     catalog: Catalog
@@ -67,6 +69,7 @@ class DrainConfig:
             budget_s=settings.metering_drain_budget_s,
             halt_threshold=settings.metering_halt_threshold,
             low_balance_credits=settings.metering_low_balance_credits,
+            window_days=settings.metering_usage_window_days,
             markup=settings.metering_markup,
             platform_fee_usd_per_million=settings.metering_platform_fee_usd_per_million,
             catalog=get_catalog(settings.metering_price_catalog),
@@ -139,11 +142,14 @@ async def process_batch(
         if e.deliveries > config.max_deliveries
     ]
     parsed, invalid, repeats = parse.parse_entries(fresh)
+    parsed, too_old = parse.within_window(
+        parsed, datetime.fromtimestamp(now_ms / 1000, UTC), config.window_days
+    )
     priced, unpriced = price.price_events(parsed, config.catalog)
     recorded = await record.record(sessions, config.rates, priced)
     committed_ms = time.time() * 1000
     retrying, expired = _waiting_for_experiment(recorded.unknown, now_ms, config.unknown_retry_ms)
-    dead = worn + invalid + unpriced + recorded.dead + expired
+    dead = worn + invalid + too_old + unpriced + recorded.dead + expired
 
     outcome = recorded.outcome
     report = BatchReport(

@@ -8,11 +8,13 @@ the rest of its batch.
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import ValidationError
 
 from metering.events import STREAM_FIELD, UsageEvent, parse_event
 from metering.usage.streams import Entry
+from metering.usage.window import OUTSIDE_WINDOW, outside_window, window_start
 
 MAX_DETAIL = 500
 CONFLICT_REASON = "conflicting_duplicate"
@@ -68,6 +70,26 @@ def parse_entries(
         digests[event.event_id].add(digest)
         parsed.append(Parsed(entry, event, digest))
     return parsed, dead, repeats
+
+
+def within_window(
+    parsed: Iterable[Parsed], now: datetime, window_days: int
+) -> tuple[list[Parsed], list[DeadLetter]]:
+    """Events inside the exactly-once window at `now`, and dead letters of those older: their
+    call records may have been archived, so they could be charged a second time."""
+    inside: list[Parsed] = []
+    dead: list[DeadLetter] = []
+    for item in parsed:
+        event = item.event
+        if not outside_window(event.occurred_at, now, window_days):
+            inside.append(item)
+            continue
+        detail = (
+            f"occurred_at {event.occurred_at.isoformat()} is before the {window_days}-day "
+            f"exactly-once window (from {window_start(now, window_days).isoformat()})"
+        )
+        dead.append(DeadLetter(item.entry, OUTSIDE_WINDOW, detail, event.event_id))
+    return inside, dead
 
 
 def conflict(entry: Entry, event_id: str) -> DeadLetter:

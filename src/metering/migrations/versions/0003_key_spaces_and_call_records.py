@@ -64,10 +64,25 @@ _CALL_FACTS = ", ".join(
         "CASE WHEN metadata->>'occurredAt' ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T' "
         """THEN ((metadata->>'occurredAt')::timestamptz AT TIME ZONE 'UTC') ELSE "createdAt" END""",
         _text("catalogVersion", "unknown"),
-        "metadata->>'payloadDigest'",
+        "{digest}",
         '"createdAt"',
     ]
 )
+_HEX_DIGEST = "metadata->>'payloadDigest'"
+_BYTE_DIGEST = (
+    "CASE WHEN metadata->>'payloadDigest' ~ '^[0-9a-f]{32}' "
+    "THEN decode(left(metadata->>'payloadDigest', 32), 'hex') END"
+)
+"""The digest as 0005 keeps it: a database whose Prisma migrations are all applied already has
+that column type when this revision runs."""
+
+
+def _digest_expression() -> str:
+    columns = sa.inspect(op.get_bind()).get_columns("UsageCall")
+    digest = next(c for c in columns if c["name"] == "payloadDigest")
+    return _BYTE_DIGEST if isinstance(digest["type"], sa.LargeBinary) else _HEX_DIGEST
+
+
 _CALL_COLUMNS = (
     '"eventId", "experimentId", "userId", provider, model, tier, "inputTokens", "outputTokens", '
     '"cachedInputTokens", "cacheWriteTokens", "reasoningTokens", "exactCredits", credits, '
@@ -83,16 +98,17 @@ def _created_by_prisma() -> bool:
 def upgrade() -> None:
     if not _created_by_prisma():
         _create_call_records()
+    facts = _CALL_FACTS.replace("{digest}", _digest_expression())
     # Before the keys change: a USAGE row's key is still its event id here.
     op.execute(
         f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
-        f'SELECT "idempotencyKey", "experimentId", "userId", {_CALL_FACTS} '
+        f'SELECT "idempotencyKey", "experimentId", "userId", {facts} '
         'FROM "CreditTransaction" WHERE type = \'USAGE\' AND "experimentId" IS NOT NULL '
         'AND "idempotencyKey" IS NOT NULL ON CONFLICT ("eventId") DO NOTHING'
     )
     op.execute(
         f'INSERT INTO "UsageCall" ({_CALL_COLUMNS}) '
-        f'SELECT "eventId", "experimentId", NULL, {_CALL_FACTS} FROM "UnbilledUsage" '
+        f'SELECT "eventId", "experimentId", NULL, {facts} FROM "UnbilledUsage" '
         # An event recorded in both tables is a violation reconcile reports; keep the first.
         'ON CONFLICT ("eventId") DO NOTHING'
     )

@@ -33,8 +33,9 @@ def upgrade() -> None:
         return
     op.add_column("UsageCall", sa.Column("metadata", postgresql.JSONB(), nullable=True))
     op.execute(
-        'ALTER TABLE "UsageCall" ALTER COLUMN "payloadDigest" TYPE BYTEA '
-        "USING decode(left(\"payloadDigest\", 32), 'hex')"
+        'ALTER TABLE "UsageCall" ALTER COLUMN "payloadDigest" TYPE BYTEA USING CASE '
+        "WHEN \"payloadDigest\" ~ '^[0-9a-f]{32}' THEN decode(left(\"payloadDigest\", 32), 'hex') "
+        "END"
     )
 
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metering.usage_window import OUTSIDE_WINDOW, outside_window
+from metering.usage.window import OUTSIDE_WINDOW, outside_window
 
 NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
 
