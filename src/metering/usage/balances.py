@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import halt, keys, ledger
@@ -12,6 +13,7 @@ from metering.alerts import (
     note_balances,
     note_uncharged,
 )
+from metering.models import User
 from metering.redis_client import AsyncRedis
 
 
@@ -46,13 +48,23 @@ async def sync_halts(
 
 async def alert(
     redis: AsyncRedis,
+    sessions: async_sessionmaker[AsyncSession],
     prefix: str,
     low_balance_credits: int,
     outcome: ledger.UsageOutcome,
     uncharged: Sequence[UnchargedUsage],
 ) -> list[LowBalanceAlert]:
     """Publish the batch's new low-balance alerts and count its uncharged usage; returns the
-    new alerts."""
-    alerts = await note_balances(redis, prefix, outcome.balances, low_balance_credits)
+    new alerts.
+
+    A balance the batch saw above a threshold is read again as committed now: another drain may
+    have committed a lower one since, and the stale one would re-arm an alert just sent."""
+    seen = dict(outcome.balances)
+    above = sorted(u for u, c in seen.items() if c > min(low_balance_credits, BALANCE_FLOOR))
+    if above:
+        async with sessions() as session:
+            rows = await session.execute(select(User.id, User.credits).where(User.id.in_(above)))
+            seen.update({user_id: credits for user_id, credits in rows})
+    alerts = await note_balances(redis, prefix, seen, low_balance_credits)
     await note_uncharged(redis, prefix, uncharged)
     return alerts

@@ -164,7 +164,7 @@ async def process_batch(
         redis, sessions, config.prefix, config.halt_threshold, outcome
     )
     report.low_balance = await balances.alert(
-        redis, config.prefix, config.low_balance_credits, outcome, recorded.uncharged
+        redis, sessions, config.prefix, config.low_balance_credits, outcome, recorded.uncharged
     )
     await acknowledge.dead_letter_and_acknowledge(
         redis, config.prefix, entries, dead, {e.entry_id for e in retrying}
