@@ -6,6 +6,7 @@ Tests that leave the books deliberately inconsistent run on a private database
 """
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -511,3 +512,20 @@ async def test_post_many_batches_sharing_keys_in_another_order_do_not_deadlock(
     )
     outcomes = sorted(type(r).__name__ for r in results)
     assert outcomes == ["KeyConflict", "NoneType"], results
+
+
+def test_a_payload_digest_compares_on_the_bytes_its_record_kept() -> None:
+    digest = hashlib.sha256(b'{"event_id":"e-1"}').hexdigest()
+    other = hashlib.sha256(b'{"event_id":"e-2"}').hexdigest()
+    kept = ledger.stored_digest(digest)
+    assert kept is not None
+    assert len(kept) == ledger.DIGEST_BYTES
+    older = bytes.fromhex(digest[:32])  # records written before keep 16 bytes
+    assert ledger.same_payload(kept, digest)
+    assert ledger.same_payload(older, digest)
+    assert not ledger.same_payload(kept, other)
+    assert not ledger.same_payload(older, other)
+    changed_late = older[:12] + bytes([older[12] ^ 1]) + older[13:]
+    assert not ledger.same_payload(changed_late, digest)
+    assert ledger.same_payload(None, digest)
+    assert ledger.same_payload(kept, None)

@@ -168,6 +168,6 @@ async def _conflicts(
     conflicts = [
         conflict(p.entry, p.event.event_id)
         for p in others
-        if recorded.get(p.event.event_id) not in (None, ledger.stored_digest(p.digest))
+        if not ledger.same_payload(recorded.get(p.event.event_id), p.digest)
     ]
     return conflicts, len(others) - len(conflicts)
