@@ -75,6 +75,14 @@ def test_the_ceiling_is_the_bare_insert_of_exactly_the_calls(figures: dict[str, 
     assert ceiling_["rows"] == figures["exactly_once"]["ceiling"]["expected_rows"]
     assert ceiling_["rows"] == figures["ledger_path"]["rows"] == figures["pipeline"]["events"]
     assert ceiling_["table_bytes_per_call"] > 0
+    for phase, groups in (("ceiling", {"postgres", "redis", "bench"}), ("pipeline", None)):
+        cpu = figures[phase]["cpu"]
+        assert set(cpu["seconds"]) == (groups or {"postgres", "redis", "bench", "workers"}) | {
+            "total"
+        }
+        assert cpu["seconds"]["postgres"] > 0
+        assert cpu["cores_busy"] > 0
+    assert figures["pipeline"]["cpu"]["seconds"]["workers"] > 0
     assert set(figures["ratios"]) == {
         "pipeline_over_ceiling",
         "pipeline_over_ledger_path",

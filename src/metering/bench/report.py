@@ -221,6 +221,9 @@ def text(figures: dict[str, Any]) -> str:
                 f"p95 {lat['p95_s']} s, p99 {lat['p99_s']} s, max {lat['max_s']} s "
                 f"(lower bound p50 {low.get('p50_s')} s, p99 {low.get('p99_s')} s)"
             )
+    for key, label in (("ceiling", "ceiling"), ("ledger_path", "ledger"), ("pipeline", "pipeline")):
+        if "cpu" in figures.get(key, {}):
+            lines.append(f"CPU, {label}: {_cpu(figures[key]['cpu'])}")
     if "naive" in figures:
         n = figures["naive"]
         lines.append(
@@ -251,6 +254,11 @@ def text(figures: dict[str, Any]) -> str:
             f"events, {check['credits']:,} credits, reconcile clean: {state}"
         )
     return "\n".join(lines)
+
+
+def _cpu(cpu: dict[str, Any]) -> str:
+    per_event = ", ".join(f"{name} {us:,.0f}" for name, us in cpu["us_per_event"].items())
+    return f"µs per call: {per_event}; {cpu['cores_busy']} of {cpu['cpus']} cores busy"
 
 
 def _active(active: int) -> str:

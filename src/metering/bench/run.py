@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from metering import keys, ledger
 from metering.bench import (
     ceiling,
+    cpu,
     environment,
     ledger_path,
     naive,
@@ -164,12 +165,16 @@ async def _phases(
     )
     figures["exactly_once"]["ceiling"] = asdict(ceiling_check) | {"ok": ceiling_check.ok}
     say(f"ledger path (not the ceiling): {len(charges):,} charges through charge_usage")
+    groups = _cpu_groups([])
+    cpu_before = cpu.read(groups, time.monotonic())
     ledger_run = await ledger_path.run(services.database_url, charges, settings_.batch_size)
+    cpu_after = cpu.read(groups, time.monotonic())
     figures["ledger_path"] = {
         "note": "ledger.charge_usage on one connection, for information: not the ceiling",
         "rows": ledger_run.rows,
         "seconds": round(ledger_run.seconds, 3),
         "rows_per_s": round(ledger_run.rows / ledger_run.seconds, 1),
+        "cpu": cpu.figures(cpu_before, cpu_after, ledger_run.rows),
     }
 
     timeout_s = 120 + options.events / 500
@@ -181,9 +186,12 @@ async def _phases(
         spy = profile.record(worker, options.profile) if options.profile else None
         say(f"pipeline: {len(works['full'].payloads):,} entries as fast as possible")
         before = await storage.snapshot(engine)
+        groups = _cpu_groups(started)
+        cpu_before = cpu.read(groups, time.monotonic())
         full = await pipeline.run_load(
             services, settings_, works["full"], rate=None, timeout_s=timeout_s
         )
+        cpu_after = cpu.read(groups, time.monotonic())
         after = await storage.snapshot(engine)
         if spy is not None and options.profile is not None:
             spy.send_signal(signal.SIGINT)
@@ -192,6 +200,7 @@ async def _phases(
         figures["pipeline"] = report.pipeline_figures(
             full, await _lower_bounds(engine, people["full"], full.publish_ms_by_event)
         )
+        figures["pipeline"]["cpu"] = cpu.figures(cpu_before, cpu_after, full.unique_events)
         recorded = await storage.counts(engine, [e[0] for e in people["full"].experiments])
         figures["storage"] = storage.per_call(before, after, *recorded)
         half_rate = figures["pipeline"]["entries_per_s"] / 2
@@ -240,6 +249,21 @@ async def _phases(
     figures["exactly_once"]["dead_letters"] = await _dead_letters(services)
 
 
+def _cpu_groups(started: list[environment.Child]) -> dict[str, cpu.Meter]:
+    """PostgreSQL, Redis, this process (producer, observer, the ceiling's and ledger path's
+    writer) and, when started, the workers (beat, usage worker and its pool)."""
+    groups: dict[str, cpu.Meter] = {
+        "postgres": cpu.postgres,
+        "redis": cpu.redis,
+        "bench": cpu.this_process,
+    }
+    if started:
+        groups["workers"] = lambda: sum(
+            cpu.tree_seconds(process) for child in started for process in child.tree()[:1]
+        )
+    return groups
+
+
 def _pipeline_settings(options: Options) -> PipelineSettings:
     """The values in force for the workers; only those given as options are passed to them."""
     settings = get_settings()
@@ -265,10 +289,13 @@ async def _ceiling(
 ) -> tuple[dict[str, Any], verify.Check]:
     """Both ways of the bare insert; the faster is the ceiling. Then the tables are checked and
     dropped and the population's balances put back."""
-    runs, tables = {}, {}
+    runs, tables, used = {}, {}, {}
+    groups = _cpu_groups([])
     for method in ceiling.METHODS:
         say(f"ceiling: {len(calls):,} calls into a bare table ({method})")
+        before = cpu.read(groups, time.monotonic())
         runs[method] = await ceiling.run(database_url, people, calls, batch_size, method)
+        used[method] = cpu.figures(before, cpu.read(groups, time.monotonic()), len(calls))
         tables[method] = await ceiling.inspect(database_url, method)
     await ceiling.restore(database_url, people)
     best = min(runs.values(), key=lambda r: r.seconds)
@@ -278,6 +305,7 @@ async def _ceiling(
         "seconds": round(best.seconds, 3),
         "rows_per_s": round(best.rows / best.seconds, 1),
         "table_bytes_per_call": round(tables[best.method]["bytes"] / best.rows, 1),
+        "cpu": used[best.method],
         "methods": {
             r.method: {"seconds": round(r.seconds, 3), "rows_per_s": round(r.rows / r.seconds, 1)}
             for r in runs.values()
