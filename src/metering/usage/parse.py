@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from metering.events import STREAM_FIELD, UsageEvent, parse_event
 from metering.usage.streams import Entry
-from metering.usage.window import OUTSIDE_WINDOW, outside_window, window_start
+from metering.usage.window import OUTSIDE_WINDOW, window_start
 
 MAX_DETAIL = 500
 CONFLICT_REASON = "conflicting_duplicate"
@@ -79,14 +79,15 @@ def within_window(
     call records may have been archived, so they could be charged a second time."""
     inside: list[Parsed] = []
     dead: list[DeadLetter] = []
+    start = window_start(now, window_days)  # once per batch, not once per event
     for item in parsed:
         event = item.event
-        if not outside_window(event.occurred_at, now, window_days):
+        if event.occurred_at >= start:
             inside.append(item)
             continue
         detail = (
             f"occurred_at {event.occurred_at.isoformat()} is before the {window_days}-day "
-            f"exactly-once window (from {window_start(now, window_days).isoformat()})"
+            f"exactly-once window (from {start.isoformat()})"
         )
         dead.append(DeadLetter(item.entry, OUTSIDE_WINDOW, detail, event.event_id))
     return inside, dead
