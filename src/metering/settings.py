@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     metering_log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metering_log_json: bool = True
     """One JSON object per line; false for a human-readable console format."""
-    metering_usage_batch_size: int = Field(default=500, ge=1, le=10_000)
+    metering_usage_batch_size: int = Field(default=1000, ge=1, le=10_000)
     """Stream entries read per XREADGROUP and charged per database transaction."""
     metering_usage_window_days: int = Field(default=35, ge=1, le=3_650)
     """Days after `occurred_at` that a usage event is charged at most once; older events are

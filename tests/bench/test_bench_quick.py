@@ -108,7 +108,7 @@ def test_storage_is_measured_per_call_of_the_full_speed_phase(figures: dict[str,
 @pytest.mark.slow
 def test_the_pipeline_runs_on_default_settings(figures: dict[str, Any]) -> None:
     assert figures["streams"] == 1
-    assert figures["batch_size"] == 500
+    assert figures["batch_size"] == 1000
     assert figures["options"]["concurrency"] == 2
 
 
