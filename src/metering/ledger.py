@@ -318,7 +318,8 @@ async def charge_usage(
         _check_exact_credits(charge)
     experiment_ids = sorted({c.experiment_id for c in charges})
     if owners_read is None:
-        owners = await _experiment_owners(session, experiment_ids)
+        found = await experiment_owners(session, experiment_ids)
+        owners = {e: owner for e, (owner, _) in found.items()}
     else:
         owners = {e: owners_read[e] for e in experiment_ids if e in owners_read}
     await _hold_owners(session, {u for u in owners.values() if u is not None})
@@ -532,14 +533,17 @@ async def _lock_users(session: AsyncSession, user_ids: set[str]) -> dict[str, in
     return balances
 
 
-async def _experiment_owners(session: AsyncSession, ids: list[str]) -> dict[str, str | None]:
+async def experiment_owners(
+    session: AsyncSession, experiment_ids: list[str]
+) -> dict[str, tuple[str | None, str]]:
+    """Owner (userId) and apiKeyMode of each experiment that exists; not locked."""
     rows = await session.execute(
-        text('SELECT id, "userId" FROM "MAACExperiment" WHERE id = ANY(:ids)').bindparams(
-            bindparam("ids", type_=ARRAY(Text))
-        ),
-        {"ids": ids},
+        text(
+            'SELECT id, "userId", "apiKeyMode" FROM "MAACExperiment" WHERE id = ANY(:ids)'
+        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+        {"ids": experiment_ids},
     )
-    return {row.id: row.userId for row in rows}
+    return {row.id: (row.userId, row.apiKeyMode) for row in rows}
 
 
 async def _lock_experiments(

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.types import Text
 
 from metering import ledger
 from metering.alerts import UnchargedUsage
@@ -87,7 +84,7 @@ async def _record_once(
     sessions: async_sessionmaker[AsyncSession], rates: Rates, priced: Sequence[Priced]
 ) -> Recorded:
     async def work(session: AsyncSession) -> Recorded:
-        experiments = await experiment_owners(
+        experiments = await ledger.experiment_owners(
             session, sorted({p.parsed.event.experiment_id for p in priced})
         )
         modes = {e: mode for e, (_, mode) in experiments.items()}
@@ -120,7 +117,9 @@ async def _refused(
     experiment's owner and apiKeyMode read again, the batch's transaction being rolled back)."""
     event = item.parsed.event
     async with session_scope(sessions) as session:
-        found = (await experiment_owners(session, [event.experiment_id])).get(event.experiment_id)
+        found = (await ledger.experiment_owners(session, [event.experiment_id])).get(
+            event.experiment_id
+        )
     owner, credits = None, None
     if found is not None:
         owner, mode = found
@@ -134,19 +133,6 @@ async def _refused(
     )
     letter = DeadLetter(item.parsed.entry, error.code, error.message, event.event_id)
     return Recorded(dead=[letter], uncharged=[uncharged])
-
-
-async def experiment_owners(
-    session: AsyncSession, experiment_ids: list[str]
-) -> dict[str, tuple[str | None, str]]:
-    """Owner (userId) and apiKeyMode of each experiment that exists."""
-    rows = await session.execute(
-        text(
-            'SELECT id, "userId", "apiKeyMode" FROM "MAACExperiment" WHERE id = ANY(:ids)'
-        ).bindparams(bindparam("ids", type_=ARRAY(Text))),
-        {"ids": experiment_ids},
-    )
-    return {row.id: (row.userId, row.apiKeyMode) for row in rows}
 
 
 async def _conflicts(
