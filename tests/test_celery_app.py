@@ -9,7 +9,7 @@ from metering.tasks.runtime import YOUNG_COLLECTION_THRESHOLD
 CHILD_START = """
 import gc, json, os
 from celery.signals import worker_process_init
-from metering.celery_app import app
+from metering.tasks.app import app
 from metering.tasks import runtime
 before = gc.get_threshold()
 worker_process_init.send(sender=None)

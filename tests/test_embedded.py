@@ -7,9 +7,9 @@ import psutil
 import pytest
 from redis import Redis
 
-from metering import migrate
-from metering.embedded import local_services
-from metering.settings import Settings
+from metering.dev.embedded import local_services
+from metering.ops import migrate
+from metering.ops.settings import Settings
 
 
 def _unconfigured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from metering.logs import configure_logging, get_logger, redact
+from metering.ops.logs import configure_logging, get_logger, redact
 
 
 @pytest.fixture

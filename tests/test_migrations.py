@@ -11,10 +11,11 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import ledger, migrate
-from metering.db import create_engine, make_sessionmaker, session_scope
+from metering import ledger
 from metering.errors import PermanentError
-from metering.models import Base, CreditTransaction, TransactionType, UsageCall, User
+from metering.ops import migrate
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.models import Base, CreditTransaction, TransactionType, UsageCall, User
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations

@@ -2,7 +2,7 @@
 
 import redis.asyncio
 
-from metering import redis_client
+from metering.ops import redis_client
 from tests.conftest import REDIS_URL
 
 

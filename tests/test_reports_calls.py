@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger, reports
-from metering.db import session_scope
+from metering.ops.db import session_scope
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events

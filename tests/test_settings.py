@@ -5,8 +5,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from metering.ids import cuid, cuids
-from metering.settings import Settings, to_asyncpg_url
+from metering.ops.ids import cuid, cuids
+from metering.ops.settings import Settings, to_asyncpg_url
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
-from metering.models import MAACExperiment
+from metering.ops.models import MAACExperiment
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import ledger
 from metering.bench import ceiling, environment, verify, workload
 from metering.bench.storage import TABLES as STORAGE_TABLES
-from metering.db import session_scope
+from metering.ops.db import session_scope
 from tests.conftest import REDIS_URL
 from tests.factories import SERVER_URL
 from tests.pipeline.helpers import Sessions

@@ -15,9 +15,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering.db import session_scope
-from metering.models import CreditTransaction, StripeEvent, TransactionType
-from metering.settings import Settings
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, StripeEvent, TransactionType
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.chaos.helpers import row_locked, waiting_on_a_lock
 from tests.factories import create_user

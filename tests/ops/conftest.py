@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from metering import keys
+from metering.ops import redis_keys
 from tests.conftest import REDIS_URL
 
 
@@ -22,7 +22,7 @@ def sender(prefix: str) -> Celery:
     return Celery(
         "ops-tests",
         broker=REDIS_URL,
-        broker_transport_options={"global_keyprefix": keys.celery_prefix(prefix)},
+        broker_transport_options={"global_keyprefix": redis_keys.celery_prefix(prefix)},
         task_serializer="json",
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metering.processes import celery_command
+from metering.dev.processes import celery_command
 from tests.ops.conftest import send
 from tests.support import eventually
 from tests.workers import running_worker

@@ -10,12 +10,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from metering import halt, keys
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter
-from metering.models import MAACExperiment
-from metering.settings import get_settings
+from metering.budget import halt
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import MAACExperiment
+from metering.ops.settings import get_settings
 from metering.usage import dead_letters, drain, streams
+from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import (
     Sessions,
@@ -340,7 +341,7 @@ async def test_consumers_long_idle_with_nothing_pending_are_forgotten(
     await asyncio.sleep(0.05)
     assert await streams.forget_idle_consumers(redis, stream, idle_ms=60_000) == []
     assert await streams.forget_idle_consumers(redis, stream, idle_ms=10) == ["acknowledged-all"]
-    consumers = await redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)
+    consumers = await redis.xinfo_consumers(stream, redis_keys.CONSUMER_GROUP)
     assert [c["name"] for c in consumers] == [b"holds-one"]
 
 
@@ -351,7 +352,7 @@ async def _wait_idle(config: drain.DrainConfig) -> None:
 def test_shard_out_of_range_is_refused(config: drain.DrainConfig) -> None:
     with pytest.raises(Exception, match="shard 1"):
         config.stream(1)
-    assert keys.usage_streams(config.prefix, 1) == [config.stream(0)]
+    assert redis_keys.usage_streams(config.prefix, 1) == [config.stream(0)]
 
 
 async def test_budget_stop_halts_the_users_other_unfinished_experiments(
@@ -387,7 +388,7 @@ async def test_a_trim_never_drops_entries_another_drainer_reads_meanwhile(
     first = await redis.xadd(stream, {"event": "{}"})
     read = await streams.read_new(redis, stream, "test", 10)
     assert [e.entry_id for e in read] == [first.decode()]
-    await redis.xack(stream, keys.CONSUMER_GROUP, first)
+    await redis.xack(stream, redis_keys.CONSUMER_GROUP, first)
     for n in range(3):
         await redis.xadd(stream, {"event": json.dumps({"n": n})})
 
@@ -412,8 +413,8 @@ async def test_a_trim_never_drops_entries_another_drainer_reads_meanwhile(
     monkeypatch.undo()
 
     assert await redis.xlen(stream) >= 3
-    pending = await redis.xpending(stream, keys.CONSUMER_GROUP)
+    pending = await redis.xpending(stream, redis_keys.CONSUMER_GROUP)
     assert pending["pending"] == 3
-    claimed = await redis.xautoclaim(stream, keys.CONSUMER_GROUP, "reclaimer", 0, "0-0")
+    claimed = await redis.xautoclaim(stream, redis_keys.CONSUMER_GROUP, "reclaimer", 0, "0-0")
     assert len(claimed[1]) == 3
     assert claimed[2] == []  # none deleted

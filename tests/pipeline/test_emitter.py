@@ -7,8 +7,8 @@ import fakeredis
 import pytest
 from pydantic import ValidationError
 
-from metering import keys
-from metering.emitter import (
+from metering.ops import redis_keys
+from metering.usage.producer import (
     BudgetExceeded,
     Emitter,
     check_budget,
@@ -29,7 +29,7 @@ def test_emit_many_routes_each_event_to_its_shard(client: fakeredis.FakeRedis) -
     entry_ids = emitter.emit_many(documents)
     assert len(entry_ids) == 12
     for document in documents:
-        stream = keys.stream_for_experiment("p", 4, document["experiment_id"])
+        stream = redis_keys.stream_for_experiment("p", 4, document["experiment_id"])
         payloads = [json.loads(f[b"event"]) for _, f in client.xrange(stream)]
         assert document["event_id"] in {p["event_id"] for p in payloads}
 
@@ -38,15 +38,15 @@ def test_emit_validates_before_sending(client: fakeredis.FakeRedis) -> None:
     emitter = Emitter(client, prefix="p")
     with pytest.raises(ValidationError):
         emitter.emit(event("exp", input_tokens=-1))
-    assert client.xlen(keys.usage_stream("p")) == 0
+    assert client.xlen(redis_keys.usage_stream("p")) == 0
     emitter.emit(event("exp"))
-    assert client.xlen(keys.usage_stream("p")) == 1
+    assert client.xlen(redis_keys.usage_stream("p")) == 1
 
 
 def test_should_stop_reads_the_halt_flag(client: fakeredis.FakeRedis) -> None:
     emitter = Emitter(client, prefix="p")
     assert not emitter.should_stop("exp")
-    client.set(keys.halt_flag("p", "exp"), "{}")
+    client.set(redis_keys.halt_flag("p", "exp"), "{}")
     assert emitter.should_stop("exp")
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from metering.events import UsageEvent, parse_event, schema_text
+from metering.usage.event import UsageEvent, parse_event, schema_text
 from tests.pipeline.helpers import event
 
 

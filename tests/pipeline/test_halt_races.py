@@ -16,13 +16,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import halt
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter
-from metering.settings import get_settings
+from metering.budget import halt
+from metering.ops.db import session_scope
+from metering.ops.settings import get_settings
 from metering.stripe import processing
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from metering.usage import drain
+from metering.usage.producer import AsyncEmitter
 from tests.chaos.helpers import waiting_on_a_lock
 from tests.factories import create_experiment, create_user, unique
 from tests.pipeline.helpers import Sessions, balance, event, violations
@@ -43,7 +43,7 @@ def config(redis_prefix: str) -> drain.DrainConfig:
 
 
 class Gate:
-    """Wraps a `metering.halt` function so a call can be held at its start (`hold_next`), or
+    """Wraps a `metering.budget.halt` function so a call can be held at its start (`hold_next`), or
     delayed at random (`jitter`), to pause a writer between its read and its write."""
 
     def __init__(self, original: Callable[..., Awaitable[Any]]) -> None:

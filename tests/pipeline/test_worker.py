@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from metering import keys
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user
 from tests.pipeline.helpers import (
     Sessions,
@@ -43,7 +43,7 @@ def beat(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """`celery beat`, sending drains and reclaims for the run's streams."""
     schedule = tmp_path_factory.mktemp("beat") / "schedule"
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "metering.celery_app", "beat", "-s", str(schedule)],
+        [sys.executable, "-m", "celery", "-A", "metering.tasks.app", "beat", "-s", str(schedule)],
         env={**os.environ, **WORKER_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -80,7 +80,7 @@ async def test_emitted_and_raw_events_are_charged_exactly_once(
     user_id, experiment_id = await owner(sessions)
     documents = [event(experiment_id, n) for n in range(250)]
     await AsyncEmitter(redis, prefix=redis_prefix).emit_many(documents[:200])
-    stream = keys.usage_stream(redis_prefix)
+    stream = redis_keys.usage_stream(redis_prefix)
     for document in [*documents[200:], *documents[:10]]:
         await redis.xadd(stream, raw(document))
 
@@ -104,14 +104,14 @@ async def test_a_poison_event_is_dead_lettered_and_its_batch_charged(
     _, experiment_id = await owner(sessions)
     good = [event(experiment_id, n) for n in range(20)]
     poison = event(experiment_id, event_id=f"poison-{experiment_id}", output_tokens=-1)
-    stream = keys.usage_stream(redis_prefix)
+    stream = redis_keys.usage_stream(redis_prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for document in [*good[:10], poison, *good[10:]]:
             pipe.xadd(stream, raw(document))
         await pipe.execute()
 
     async def dead_lettered() -> bool:
-        entries = await redis.xrange(keys.dead_letter_stream(redis_prefix))
+        entries = await redis.xrange(redis_keys.dead_letter_stream(redis_prefix))
         return any(fields[b"event_id"] == poison["event_id"].encode() for _, fields in entries)
 
     await eventually(dead_lettered, "the poison event dead-lettered")
@@ -154,7 +154,7 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
 
     with usage_worker(concurrency=2):
         await eventually(lambda: _rows_are(sessions, experiment_id, len(documents)), "every row")
-        stream = keys.usage_stream(redis_prefix)
+        stream = redis_keys.usage_stream(redis_prefix)
         await eventually(lambda: _settled(redis, stream), "the stream settled")
 
     expected = expected_credits(documents)

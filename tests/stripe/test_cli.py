@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
-from metering.models import StripeEvent, User
+from metering.ops.db import session_scope
+from metering.ops.models import StripeEvent, User
 from metering.stripe import processing
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from tests.factories import unique

@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
+from metering.ops.db import session_scope
+from metering.ops.settings import Settings
 from metering.reconcile import find_violations
-from metering.settings import Settings
 from metering.web import create_app
 from tests.stripe import deliveries
 

@@ -26,10 +26,10 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from metering import keys
 from metering.bench import environment
 from metering.bench.environment import Services
 from metering.bench.workload import Workload
+from metering.ops import redis_keys
 
 POLL_S = 0.01
 CHUNK = 500
@@ -132,7 +132,7 @@ class AckObserver(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
             pipe.xinfo_groups(stream)
-            pipe.xpending(stream, keys.CONSUMER_GROUP)
+            pipe.xpending(stream, redis_keys.CONSUMER_GROUP)
         replies = pipe.execute(raise_on_error=False)
         now = time.time()
         for n, stream in enumerate(self.streams):
@@ -143,7 +143,7 @@ class AckObserver(threading.Thread):
                 or not groups
             ):
                 continue
-            group = next(g for g in groups if _text(g["name"]) == keys.CONSUMER_GROUP)
+            group = next(g for g in groups if _text(g["name"]) == redis_keys.CONSUMER_GROUP)
             ids = self.published.ids.get(stream, [])
             # Read before the pending summary: everything delivered by then and older than the
             # oldest entry pending afterwards is acknowledged.
@@ -216,7 +216,7 @@ async def produce(
     Returns the seconds the producer took.
     """
     started = time.monotonic()
-    streams = [keys.stream_for_experiment(prefix, shards, e) for e in work.experiment_ids]
+    streams = [redis_keys.stream_for_experiment(prefix, shards, e) for e in work.experiment_ids]
     chunk = CHUNK if rate is None else max(1, min(CHUNK, int(rate / 200)))
     for begin in range(0, len(work.payloads), chunk):
         end = min(begin + chunk, len(work.payloads))
@@ -238,10 +238,10 @@ async def produce(
 
 async def prepare_streams(redis: Redis, prefix: str, shards: int) -> list[str]:
     """Create every shard's stream and consumer group (as the drain would, from the start)."""
-    streams = keys.usage_streams(prefix, shards)
+    streams = redis_keys.usage_streams(prefix, shards)
     for stream in streams:
         try:
-            await redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            await redis.xgroup_create(stream, redis_keys.CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -308,12 +308,12 @@ def start_workers(
     schedule = Path(tempfile.mkdtemp(prefix="metering-bench-")) / "beat-schedule"
     started.append(
         environment.start(
-            "beat", environment.celery("metering.celery_app", "beat", "-s", str(schedule)), env
+            "beat", environment.celery("metering.tasks.app", "beat", "-s", str(schedule)), env
         )
     )
     worker = environment.start(
         "worker",
-        environment.worker_command("metering.celery_app", "usage", settings.concurrency, "bench"),
+        environment.worker_command("metering.tasks.app", "usage", settings.concurrency, "bench"),
         env,
         ready_marker=" ready.",
     )

@@ -12,12 +12,13 @@ from pathlib import Path
 import typer
 from sqlalchemy import make_url
 
-from metering import accounts, migrate
+from metering import accounts
 from metering.cli.app import app
 from metering.cli.common import console, in_database, run
-from metering.embedded import DEFAULT_DATA_DIR, Services, local_services
-from metering.processes import ProcessGroup, celery_command
-from metering.settings import get_settings, to_asyncpg_url
+from metering.dev.embedded import DEFAULT_DATA_DIR, Services, local_services
+from metering.dev.processes import ProcessGroup, celery_command
+from metering.ops import migrate
+from metering.ops.settings import get_settings, to_asyncpg_url
 
 DATA_DIR = typer.Option(DEFAULT_DATA_DIR, help="Folder of the embedded services' data.")
 

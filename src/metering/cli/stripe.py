@@ -6,12 +6,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metering import redis_client
 from metering.cli.app import app
 from metering.cli.common import console, print_json, run
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.migrate import check_database
-from metering.settings import get_settings
+from metering.ops import redis_client
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.migrate import check_database
+from metering.ops.settings import get_settings
 from metering.stripe import processing
 from metering.stripe.processing import EventRow, Processed
 

@@ -2,12 +2,12 @@
 
 from typing import Any
 
-from metering import alerts
-from metering.celery_app import STRIPE_QUEUE, app
+from metering.budget import alerts
 from metering.errors import TransientError
-from metering.logs import get_logger
+from metering.ops.logs import get_logger
 from metering.stripe import processing
 from metering.tasks import runtime
+from metering.tasks.app import STRIPE_QUEUE, app
 
 PROCESS_EVENT = "metering.stripe.process_event"
 REQUEUE_UNPROCESSED = "metering.stripe.requeue_unprocessed"

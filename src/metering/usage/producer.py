@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from metering import keys, redis_client
 from metering.errors import PermanentError
-from metering.events import STREAM_FIELD, UsageEvent
-from metering.redis_client import AsyncRedis, SyncRedis
+from metering.ops import redis_client, redis_keys
+from metering.ops.redis_client import AsyncRedis, SyncRedis
+from metering.usage.event import STREAM_FIELD, UsageEvent
 
 EventLike = UsageEvent | Mapping[str, Any]
 
@@ -57,7 +57,7 @@ class _Streams:
     def entry(self, event: EventLike) -> tuple[str, dict[str | bytes, str]]:
         """Validate the event and return its stream and entry fields."""
         valid = _event(event)
-        stream = keys.stream_for_experiment(self.prefix, self.shards, valid.experiment_id)
+        stream = redis_keys.stream_for_experiment(self.prefix, self.shards, valid.experiment_id)
         return stream, {STREAM_FIELD: valid.to_json()}
 
 
@@ -88,7 +88,7 @@ class Emitter(_Streams):
 
     def should_stop(self, experiment_id: str) -> bool:
         """True once the worker has halted the experiment (its owner's credits ran out)."""
-        return bool(self.redis.exists(keys.halt_flag(self.prefix, experiment_id)))
+        return bool(self.redis.exists(redis_keys.halt_flag(self.prefix, experiment_id)))
 
     def close(self) -> None:
         self.redis.close()
@@ -119,7 +119,7 @@ class AsyncEmitter(_Streams):
             return [_text(entry_id) for entry_id in await pipe.execute()]
 
     async def should_stop(self, experiment_id: str) -> bool:
-        return bool(await self.redis.exists(keys.halt_flag(self.prefix, experiment_id)))
+        return bool(await self.redis.exists(redis_keys.halt_flag(self.prefix, experiment_id)))
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -5,8 +5,8 @@ Which of the two it is is asked once per client made (`INFO cluster`, `cluster_e
 cluster gets redis-py's cluster client, which learns the slot map from that node, sends each
 command to the node owning its key, follows redirections and retries with backoff while a node is
 away. Every multi-key command and script of the service keeps its keys in one slot (hash tags, see
-`metering.keys`); pipelines may span nodes (the cluster client splits them, so a pipeline is never
-atomic and the code never relies on the order in which its commands run).
+`metering.ops.redis_keys`); pipelines may span nodes (the cluster client splits them, so a
+pipeline is never atomic and the code never relies on the order in which its commands run).
 
 The Celery broker is a plain Redis: Celery's Redis transport knows nothing of slots, so a broker
 URL naming a cluster node is refused with `ClusterBrokerError`.

@@ -1,8 +1,8 @@
 """Halt flags: how the pipeline tells an experiment runner to stop, and how credits lift it.
 
-Flags live in Redis (`keys.halt_flag`), one per experiment, so a runner in any language checks its
-own experiment with one GET or EXISTS. A user's flagged experiments are also kept in a set
-(`keys.halted_experiments`), so that lifting finds them all without a database query.
+Flags live in Redis (`redis_keys.halt_flag`), one per experiment, so a runner in any language
+checks its own experiment with one GET or EXISTS. A user's flagged experiments are also kept in a
+set (`redis_keys.halted_experiments`), so that lifting finds them all without a database query.
 
 Invariant: once the writers of a user's balance are done, each of the user's unfinished
 experiments is halted exactly when the user's committed balance is at or below the threshold.
@@ -23,10 +23,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.types import Text
 
-from metering import keys
-from metering.alerts import BALANCE_FLOOR
-from metering.db import run_in_transaction
-from metering.redis_client import AsyncRedis
+from metering.budget.alerts import BALANCE_FLOOR
+from metering.ops import redis_keys
+from metering.ops.db import run_in_transaction
+from metering.ops.redis_client import AsyncRedis
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 """Experiment statuses that no longer run: their halt flags are not raised."""
@@ -113,10 +113,10 @@ async def raise_halt(
     if not experiment_ids:
         return []
     value = json.dumps({"userId": user_id, "reason": reason})
-    await redis.sadd(keys.halted_experiments(prefix, user_id), *experiment_ids)
+    await redis.sadd(redis_keys.halted_experiments(prefix, user_id), *experiment_ids)
     async with redis.pipeline(transaction=False) as pipe:
         for experiment_id in experiment_ids:
-            pipe.set(keys.halt_flag(prefix, experiment_id), value, nx=True)
+            pipe.set(redis_keys.halt_flag(prefix, experiment_id), value, nx=True)
         results: Sequence[object] = await pipe.execute()
     return [e for e, newly_set in zip(experiment_ids, results, strict=True) if newly_set]
 
@@ -127,7 +127,7 @@ async def clear_halt(redis: AsyncRedis, prefix: str, user_id: str) -> list[str]:
     Only the members read are removed from the set, after their flags: a member added meanwhile
     stays, so its flag is never orphaned.
     """
-    members_key = keys.halted_experiments(prefix, user_id)
+    members_key = redis_keys.halted_experiments(prefix, user_id)
     members = sorted(
         m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(members_key)
     )
@@ -135,11 +135,11 @@ async def clear_halt(redis: AsyncRedis, prefix: str, user_id: str) -> list[str]:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for experiment_id in members:
-            pipe.delete(keys.halt_flag(prefix, experiment_id))
+            pipe.delete(redis_keys.halt_flag(prefix, experiment_id))
         await pipe.execute()
     await redis.srem(members_key, *members)
     return members
 
 
 async def is_halted(redis: AsyncRedis, prefix: str, experiment_id: str) -> bool:
-    return bool(await redis.exists(keys.halt_flag(prefix, experiment_id)))
+    return bool(await redis.exists(redis_keys.halt_flag(prefix, experiment_id)))

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
-from metering.alerts import BALANCE_FLOOR_CROSSED, LowBalanceAlert, UnchargedUsage
+from metering.budget.alerts import BALANCE_FLOOR_CROSSED, LowBalanceAlert, UnchargedUsage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The text exposition format Prometheus scrapes."""

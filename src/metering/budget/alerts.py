@@ -2,10 +2,10 @@
 
 A user "crosses" when a batch leaves their balance at or below `METERING_LOW_BALANCE_CREDITS`
 (a `low_balance` alert), or at or below the hard floor `BALANCE_FLOOR` (a `balance_floor` alert,
-also logged at error level). Each crossing is remembered in Redis (`keys.low_balance_flag`,
-`keys.balance_floor_flag`, SET NX), so later batches of the same low stretch stay silent; a flag
-is removed once the balance is seen above its threshold again (a purchase, or any batch reporting
-it), which re-arms that alert.
+also logged at error level). Each crossing is remembered in Redis
+(`redis_keys.low_balance_flag`, `redis_keys.balance_floor_flag`, SET NX), so later batches of the
+same low stretch stay silent; a flag is removed once the balance is seen above its threshold again
+(a purchase, or any batch reporting it), which re-arms that alert.
 
 Usage the ledger refuses to charge (a balance that would pass the INTEGER limit of
 `User.credits`, `balance_overflow`) is dead-lettered by the drain; `note_uncharged` logs each
@@ -31,11 +31,11 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import keys
 from metering.errors import PermanentError, TransientError
-from metering.logs import get_logger
-from metering.models import User
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys
+from metering.ops.logs import get_logger
+from metering.ops.models import User
+from metering.ops.redis_client import AsyncRedis
 
 SIGNATURE_HEADER = "Metering-Signature"
 ALERT_ID_HEADER = "Metering-Alert-Id"
@@ -85,8 +85,8 @@ async def note_balances(
     now = datetime.now(UTC).isoformat()
     users = sorted(balances)
     kinds = (
-        (LOW_BALANCE, threshold, keys.low_balance_flag),
-        (BALANCE_FLOOR_CROSSED, BALANCE_FLOOR, keys.balance_floor_flag),
+        (LOW_BALANCE, threshold, redis_keys.low_balance_flag),
+        (BALANCE_FLOOR_CROSSED, BALANCE_FLOOR, redis_keys.balance_floor_flag),
     )
     slots: list[LowBalanceAlert | None] = []
     async with redis.pipeline(transaction=False) as pipe:
@@ -188,7 +188,7 @@ async def _publish(redis: AsyncRedis, prefix: str, documents: Sequence[Mapping[s
         return
     async with redis.pipeline(transaction=False) as pipe:
         for document in documents:
-            pipe.publish(keys.alerts_channel(prefix), json.dumps(document))
+            pipe.publish(redis_keys.alerts_channel(prefix), json.dumps(document))
         await pipe.execute()
 
 
@@ -207,10 +207,10 @@ async def rearm_if_recovered(
     if credits is None:
         return False
     if credits > BALANCE_FLOOR:
-        await redis.delete(keys.balance_floor_flag(prefix, user_id))
+        await redis.delete(redis_keys.balance_floor_flag(prefix, user_id))
     if credits <= threshold:
         return False
-    return bool(await redis.delete(keys.low_balance_flag(prefix, user_id)))
+    return bool(await redis.delete(redis_keys.low_balance_flag(prefix, user_id)))
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

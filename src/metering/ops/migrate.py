@@ -12,9 +12,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from metering.db import create_engine, first_line
 from metering.errors import DatabaseNotMigrated, DatabaseUnavailable, PermanentError
-from metering.settings import to_asyncpg_url
+from metering.ops.db import create_engine, first_line
+from metering.ops.settings import to_asyncpg_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 """Alembic's scripts, shipped in the package (package data of the wheel)."""

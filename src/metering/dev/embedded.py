@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from metering.errors import ConfigurationError
-from metering.settings import Settings
+from metering.ops.settings import Settings
 
 DEFAULT_DATA_DIR = Path(".metering")
 DATABASE_NAME = "metering"

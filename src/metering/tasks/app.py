@@ -24,9 +24,9 @@ from celery.signals import (
 from kombu.entity import Queue
 from redis.exceptions import RedisError
 
-from metering import keys, metrics, redis_client
-from metering.logs import configure_logging
-from metering.settings import get_settings
+from metering.ops import metrics, redis_client, redis_keys
+from metering.ops.logs import configure_logging
+from metering.ops.settings import get_settings
 from metering.tasks import runtime
 
 USAGE_QUEUE = "usage"
@@ -40,7 +40,7 @@ def create_app() -> Celery:
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "global_keyprefix": keys.celery_prefix(settings.metering_redis_prefix),
+            "global_keyprefix": redis_keys.celery_prefix(settings.metering_redis_prefix),
             "visibility_timeout": 3600,
         },
         task_queues=[Queue(USAGE_QUEUE), Queue(STRIPE_QUEUE)],

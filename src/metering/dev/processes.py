@@ -21,8 +21,8 @@ NAME_WIDTH = 8
 
 
 def celery_command(*args: str) -> list[str]:
-    """`celery -A metering.celery_app ARGS...` with this interpreter."""
-    return [sys.executable, "-m", "celery", "-A", "metering.celery_app", *args]
+    """`celery -A metering.tasks.app ARGS...` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "metering.tasks.app", *args]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from metering.ids import cuid
+from metering.ops.ids import cuid
 
 TIMESTAMP_MS = TIMESTAMP(precision=3)
 """Prisma's `DateTime`: TIMESTAMP(3) without time zone, holding UTC."""

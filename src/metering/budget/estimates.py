@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts
 from metering.ledger import INT32_MAX
-from metering.models import MAACExperiment, User
+from metering.ops.models import MAACExperiment, User
 from metering.pricing import Catalog, EstimateItem, InvalidUsage, estimate_credits
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from metering.errors import PermanentError, TransientError
-from metering.settings import to_asyncpg_url
+from metering.ops.settings import to_asyncpg_url
 
 T = TypeVar("T")
 

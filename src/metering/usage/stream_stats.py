@@ -5,9 +5,9 @@ demand; `metering status` and `/metrics` both show it."""
 import time
 from dataclasses import dataclass, replace
 
-from metering import keys
-from metering.metrics import StreamCollector, StreamStats
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys
+from metering.ops.metrics import StreamCollector, StreamStats
+from metering.ops.redis_client import AsyncRedis
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,11 @@ async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
     """Two round trips, pipelined, whatever the shard count, and a third when entries are
     pending; a stream not yet created reads as empty (XINFO GROUPS on a missing key is an error,
     hence the EXISTS guard)."""
-    streams = keys.usage_streams(prefix, shards)
+    streams = redis_keys.usage_streams(prefix, shards)
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.exists(stream)
-        pipe.xlen(keys.dead_letter_stream(prefix))
+        pipe.xlen(redis_keys.dead_letter_stream(prefix))
         *exists, dead_letters = await pipe.execute()
     present = [s for s, found in zip(streams, exists, strict=True) if found]
     lengths: dict[str, int] = {}
@@ -46,7 +46,7 @@ async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
     for stream in streams:
         pending, lag = 0, 0
         for group in groups.get(stream, []):
-            if _text(group["name"]) == keys.CONSUMER_GROUP:
+            if _text(group["name"]) == redis_keys.CONSUMER_GROUP:
                 pending = int(str(group["pending"]))
                 # Redis answers nil when it cannot tell (after deletions inside the range).
                 lag = int(str(group["lag"])) if group.get("lag") is not None else 0
@@ -62,7 +62,7 @@ async def _with_oldest_pending(redis: AsyncRedis, stats: list[StreamStats]) -> l
         return stats
     async with redis.pipeline(transaction=False) as pipe:
         for stream_stats in pending:
-            pipe.xpending(stream_stats.stream, keys.CONSUMER_GROUP)
+            pipe.xpending(stream_stats.stream, redis_keys.CONSUMER_GROUP)
         summaries = await pipe.execute()
     now_ms = time.time() * 1000
     ages = {}
