@@ -16,7 +16,7 @@ from metering.errors import DatabaseNotMigrated, DatabaseUnavailable, PermanentE
 from metering.ops.db import create_engine, first_line
 from metering.ops.settings import to_asyncpg_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 """Alembic's scripts, shipped in the package (package data of the wheel)."""
 VERSION_SCHEMA = "metering"
 """Schema of Alembic's version table: ours, beside Prisma's `public`."""
