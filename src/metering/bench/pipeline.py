@@ -30,6 +30,7 @@ from metering.bench import environment
 from metering.bench.environment import Services
 from metering.bench.workload import Workload
 from metering.ops import redis_keys
+from metering.usage.streams import text
 
 POLL_S = 0.01
 CHUNK = 500
@@ -143,14 +144,14 @@ class AckObserver(threading.Thread):
                 or not groups
             ):
                 continue
-            group = next(g for g in groups if _text(g["name"]) == redis_keys.CONSUMER_GROUP)
+            group = next(g for g in groups if text(g["name"]) == redis_keys.CONSUMER_GROUP)
             ids = self.published.ids.get(stream, [])
             # Read before the pending summary: everything delivered by then and older than the
             # oldest entry pending afterwards is acknowledged.
-            last = _id_key(_text(group["last-delivered-id"]))
+            last = _id_key(text(group["last-delivered-id"]))
             acked = bisect.bisect_right(ids, last, key=_id_key)
             if pending["pending"]:
-                oldest = _id_key(_text(pending["min"]))
+                oldest = _id_key(text(pending["min"]))
                 acked = min(acked, bisect.bisect_left(ids, oldest, key=_id_key))
             if acked > self.acked[stream][-1][1]:
                 self.acked[stream].append((now, acked))
@@ -232,7 +233,7 @@ async def produce(
             stream = streams[n]
             ids = published.ids.setdefault(stream, [])
             published.placement.append((stream, len(ids)))
-            ids.append(_text(entry_id))
+            ids.append(text(entry_id))
     return time.monotonic() - started
 
 
@@ -324,7 +325,3 @@ def start_workers(
 def _id_key(entry_id: str) -> tuple[int, int]:
     milliseconds, sequence = entry_id.split("-", 1)
     return int(milliseconds), int(sequence)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

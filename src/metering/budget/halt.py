@@ -27,6 +27,7 @@ from metering.budget.alerts import BALANCE_FLOOR
 from metering.ops import redis_keys
 from metering.ops.db import run_in_transaction
 from metering.ops.redis_client import AsyncRedis
+from metering.usage import streams
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 """Experiment statuses that no longer run: their halt flags are not raised."""
@@ -128,9 +129,7 @@ async def clear_halt(redis: AsyncRedis, prefix: str, user_id: str) -> list[str]:
     stays, so its flag is never orphaned.
     """
     members_key = redis_keys.halted_experiments(prefix, user_id)
-    members = sorted(
-        m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(members_key)
-    )
+    members = sorted(streams.text(m) for m in await redis.smembers(members_key))
     if not members:
         return []
     async with redis.pipeline(transaction=False) as pipe:

@@ -111,10 +111,6 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
 
-    @property
-    def async_database_url(self) -> str:
-        return to_asyncpg_url(self.database_url)
-
 
 def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:
     scheme = urlsplit(url).scheme.split("+", 1)[0]

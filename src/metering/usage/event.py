@@ -144,29 +144,3 @@ def json_schema() -> dict[str, Any]:
 def schema_text() -> str:
     """`json_schema()` as the committed file's text."""
     return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
-
-
-def new_event(
-    *,
-    event_id: str,
-    experiment_id: str,
-    provider: str,
-    model: str,
-    input_tokens: int,
-    output_tokens: int,
-    occurred_at: datetime,
-    **optional: Any,
-) -> UsageEvent:
-    """Build and validate an event in Python (strict types, as on the wire)."""
-    return UsageEvent.model_validate(
-        {
-            "event_id": event_id,
-            "experiment_id": experiment_id,
-            "provider": provider,
-            "model": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "occurred_at": occurred_at,
-            **optional,
-        }
-    )

@@ -14,6 +14,7 @@ from metering.errors import PermanentError
 from metering.ops import redis_client, redis_keys
 from metering.ops.redis_client import AsyncRedis, SyncRedis
 from metering.usage.event import STREAM_FIELD, UsageEvent
+from metering.usage.streams import text
 
 EventLike = UsageEvent | Mapping[str, Any]
 
@@ -76,7 +77,7 @@ class Emitter(_Streams):
     def emit(self, event: EventLike) -> str:
         """Publish one event; returns its stream entry id."""
         stream, fields = self.entry(event)
-        return _text(self.redis.xadd(stream, fields))  # type: ignore[arg-type]
+        return text(self.redis.xadd(stream, fields))  # type: ignore[arg-type]
 
     def emit_many(self, events: Iterable[EventLike]) -> list[str]:
         """Publish many events in one round trip; returns their entry ids in order."""
@@ -84,7 +85,7 @@ class Emitter(_Streams):
         with self.redis.pipeline(transaction=False) as pipe:
             for stream, fields in entries:
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
-            return [_text(entry_id) for entry_id in pipe.execute()]
+            return [text(entry_id) for entry_id in pipe.execute()]
 
     def should_stop(self, experiment_id: str) -> bool:
         """True once the worker has halted the experiment (its owner's credits ran out)."""
@@ -109,24 +110,20 @@ class AsyncEmitter(_Streams):
 
     async def emit(self, event: EventLike) -> str:
         stream, fields = self.entry(event)
-        return _text(await self.redis.xadd(stream, fields))  # type: ignore[arg-type]
+        return text(await self.redis.xadd(stream, fields))  # type: ignore[arg-type]
 
     async def emit_many(self, events: Iterable[EventLike]) -> list[str]:
         entries = [self.entry(event) for event in events]
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, fields in entries:
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
-            return [_text(entry_id) for entry_id in await pipe.execute()]
+            return [text(entry_id) for entry_id in await pipe.execute()]
 
     async def should_stop(self, experiment_id: str) -> bool:
         return bool(await self.redis.exists(redis_keys.halt_flag(self.prefix, experiment_id)))
 
     async def aclose(self) -> None:
         await self.redis.aclose()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _get(obj: Any, *names: str) -> Any:

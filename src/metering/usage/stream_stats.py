@@ -4,10 +4,12 @@ demand; `metering status` and `/metrics` both show it."""
 
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from metering.ops import redis_keys
 from metering.ops.metrics import StreamCollector, StreamStats
 from metering.ops.redis_client import AsyncRedis
+from metering.usage.streams import text
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
         *exists, dead_letters = await pipe.execute()
     present = [s for s, found in zip(streams, exists, strict=True) if found]
     lengths: dict[str, int] = {}
-    groups: dict[str, list[dict[str, object]]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     if present:
         async with redis.pipeline(transaction=False) as pipe:
             for stream in present:
@@ -46,7 +48,7 @@ async def read_backlog(redis: AsyncRedis, prefix: str, shards: int) -> Backlog:
     for stream in streams:
         pending, lag = 0, 0
         for group in groups.get(stream, []):
-            if _text(group["name"]) == redis_keys.CONSUMER_GROUP:
+            if text(group["name"]) == redis_keys.CONSUMER_GROUP:
                 pending = int(str(group["pending"]))
                 # Redis answers nil when it cannot tell (after deletions inside the range).
                 lag = int(str(group["lag"])) if group.get("lag") is not None else 0
@@ -68,10 +70,6 @@ async def _with_oldest_pending(redis: AsyncRedis, stats: list[StreamStats]) -> l
     ages = {}
     for stream_stats, summary in zip(pending, summaries, strict=True):
         if summary["min"] is not None:
-            added_ms = int(_text(summary["min"]).split("-")[0])
+            added_ms = int(text(summary["min"]).split("-")[0])
             ages[stream_stats.stream] = max(0.0, now_ms - added_ms) / 1000
     return [replace(s, oldest_pending_age_s=ages.get(s.stream, 0.0)) for s in stats]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
