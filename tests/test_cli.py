@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from metering.ops import redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
-from tests.conftest import REDIS_URL
 from tests.factories import drop_database, server_database_url
+from tests.support import REDIS_URL
 from tests.usage_data import charge_events, event
 
 METERING = str(Path(sys.executable).parent / "metering")

@@ -13,7 +13,7 @@ from metering.usage.parse import parse_entries
 from metering.usage.price import price_events
 from metering.usage.streams import Entry
 from tests.factories import create_experiment, create_user
-from tests.pipeline.helpers import raw
+from tests.usage.helpers import raw
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]

@@ -14,7 +14,7 @@ from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry
-from tests.pipeline.helpers import event, raw
+from tests.usage.helpers import event, raw
 
 __all__ = ["charge_events", "event"]
 

@@ -15,7 +15,7 @@ from metering.ops import redis_keys
 from metering.ops.db import session_scope
 from metering.ops.models import UsageCall
 from tests.factories import create_experiment, create_user
-from tests.pipeline.helpers import (
+from tests.usage.helpers import (
     Sessions,
     balance,
     credits_used,

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from metering.ops import redis_keys
 from metering.usage.event import MAX_TOKENS
 from tests.chaos.helpers import WORKER_ENV, Books, publish, settled
-from tests.pipeline.helpers import Sessions, event
 from tests.support import eventually
+from tests.usage.helpers import Sessions, event
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

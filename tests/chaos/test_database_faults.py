@@ -23,8 +23,8 @@ from tests.chaos.helpers import (
     waiting_on_a_lock,
 )
 from tests.chaos.services import PrivatePostgres, private_postgres, running_beat
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ from tests.chaos.helpers import (
     settled,
 )
 from tests.factories import unique
-from tests.pipeline.helpers import Sessions, event, raw
 from tests.support import eventually
+from tests.usage.helpers import Sessions, event, raw
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ from tests.chaos.helpers import (
     waiting_on_a_lock,
 )
 from tests.chaos.services import PrivateRedis, private_redis, running_beat
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from tests.chaos.helpers import (
     settled,
     waiting_on_a_lock,
 )
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

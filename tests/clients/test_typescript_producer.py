@@ -22,9 +22,9 @@ from metering.usage import drain
 from metering.usage.event import parse_event
 from metering.usage.producer import AsyncEmitter, event_from_usage
 from tests.clients.cases import USAGE
-from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions, balance, credits_used, expected_credits, violations
+from tests.support import REDIS_URL
+from tests.usage.helpers import Sessions, balance, credits_used, expected_credits, violations
 
 CLIENT = Path(__file__).parents[2] / "clients" / "typescript"
 EMIT = CLIENT / "dist" / "test-support" / "emit-usage.js"

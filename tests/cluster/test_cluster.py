@@ -31,10 +31,9 @@ from metering.usage.producer import AsyncEmitter, Emitter
 from tests.chaos.helpers import WORKER_ENV, Books, dead_letters_of, settled
 from tests.chaos.services import REPO, running_beat
 from tests.cluster.services import PrivateCluster, private_cluster
-from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions, event
-from tests.support import eventually
+from tests.support import REDIS_URL, eventually
+from tests.usage.helpers import Sessions, event
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from metering.dev.processes import celery_command
-from tests.ops.conftest import send
+from tests.ops.helpers import send
 from tests.support import eventually
 from tests.workers import running_worker
 

@@ -16,10 +16,10 @@ from metering.usage import streams
 from metering.usage.producer import AsyncEmitter
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.ops.conftest import send
-from tests.pipeline.helpers import Sessions, calls_recorded, event, raw
+from tests.ops.helpers import send
 from tests.support import eventually
-from tests.web.conftest import serve
+from tests.usage.helpers import Sessions, calls_recorded, event, raw
+from tests.web.helpers import serve
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow

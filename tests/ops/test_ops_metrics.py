@@ -17,10 +17,10 @@ from metering.ops.settings import Settings
 from metering.usage import streams
 from metering.usage.stream_stats import read_backlog
 from tests.factories import create_user
-from tests.ops.conftest import send
+from tests.ops.helpers import send
 from tests.ops.scrape import samples, scrape
-from tests.pipeline.helpers import event, raw
 from tests.support import eventually
+from tests.usage.helpers import event, raw
 from tests.workers import running_worker
 
 METERING = str(Path(sys.executable).parent / "metering")

@@ -27,7 +27,7 @@ from tests.stripe.deliveries import (
     record,
     sign,
 )
-from tests.web.conftest import Queue, serve
+from tests.web.helpers import Queue, serve
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

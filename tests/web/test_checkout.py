@@ -18,7 +18,7 @@ from metering.ops.models import StripeCheckoutSession
 from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.factories import create_user
-from tests.web.conftest import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve
+from tests.web.helpers import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

@@ -16,7 +16,7 @@ from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event
-from tests.web.conftest import API_TOKEN, Queue, serve
+from tests.web.helpers import API_TOKEN, Queue, serve
 
 Sessions = async_sessionmaker[AsyncSession]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

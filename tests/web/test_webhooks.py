@@ -15,7 +15,7 @@ from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.stripe import deliveries
 from tests.stripe.deliveries import WEBHOOK_SECRET, body_of, event, sign
-from tests.web.conftest import Queue, serve
+from tests.web.helpers import Queue, serve
 
 
 def refund_event() -> dict[str, object]:

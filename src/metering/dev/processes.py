@@ -16,13 +16,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from metering.dev.stack import CELERY_APP, STACK
+
 STOP_GRACE_S = 20.0
-NAME_WIDTH = 8
+NAME_WIDTH = max(len(process.name) for process in STACK)
 
 
 def celery_command(*args: str) -> list[str]:
     """`celery -A metering.tasks.app ARGS...` with this interpreter."""
-    return [sys.executable, "-m", "celery", "-A", "metering.tasks.app", *args]
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry
-from tests.pipeline.helpers import event, raw
+from tests.usage.helpers import event, raw
 
 
 def entry(n: int, fields: dict[str, str]) -> Entry:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from metering.usage.event import UsageEvent, parse_event, schema_text
-from tests.pipeline.helpers import event
+from tests.usage.helpers import event
 
 
 def parse(**changes: Any) -> UsageEvent:

@@ -22,9 +22,9 @@ from metering.reconcile import find_violations
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry
-from tests.pipeline.helpers import event, raw
 from tests.prisma.cli import billing_sql
 from tests.schema_snapshot import PLATFORM_TABLES, snapshot
+from tests.usage.helpers import event, raw
 from tests.usage_data import charge_events
 
 ALL_TABLES = (

@@ -14,7 +14,8 @@ from metering.ops import redis_keys
 from metering.ops.db import session_scope
 from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user
-from tests.pipeline.helpers import (
+from tests.support import eventually
+from tests.usage.helpers import (
     Sessions,
     balance,
     calls_recorded,
@@ -24,7 +25,6 @@ from tests.pipeline.helpers import (
     raw,
     violations,
 )
-from tests.support import eventually
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from metering.ops.settings import get_settings
 from metering.usage import dead_letters, drain, streams
 from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import (
+from tests.usage.helpers import (
     Sessions,
     balance,
     calls_recorded,

@@ -3,7 +3,7 @@
 import redis.asyncio
 
 from metering.ops import redis_client
-from tests.conftest import REDIS_URL
+from tests.support import REDIS_URL
 
 
 async def test_a_plain_redis_gets_a_plain_client() -> None:

@@ -15,7 +15,7 @@ from metering.usage.producer import (
     event_from_usage,
     openai_tokens,
 )
-from tests.pipeline.helpers import event
+from tests.usage.helpers import event
 
 
 @pytest.fixture

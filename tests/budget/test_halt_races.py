@@ -25,10 +25,10 @@ from metering.usage import drain
 from metering.usage.producer import AsyncEmitter
 from tests.chaos.helpers import waiting_on_a_lock
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions, balance, event, violations
 from tests.stripe.deliveries import checkout_session, record
 from tests.stripe.deliveries import event as stripe_event
 from tests.support import eventually
+from tests.usage.helpers import Sessions, balance, event, violations
 
 THRESHOLD = 0
 BIG_INPUT_TOKENS = 4_000_000
