@@ -13,13 +13,12 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from metering import migrate
-from metering.db import create_engine, make_sessionmaker
-from metering.settings import get_settings
+from metering.ops import migrate
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.settings import get_settings
 from tests.factories import create_database, drop_database
-from tests.support import free_port
+from tests.support import REDIS_URL, free_port
 
-REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 

@@ -9,8 +9,8 @@ from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from metering import ledger
-from metering.models import MAACExperiment, TransactionType, User
-from metering.settings import to_asyncpg_url
+from metering.ops.models import MAACExperiment, TransactionType, User
+from metering.ops.settings import to_asyncpg_url
 
 SERVER_URL = os.environ.get(
     "METERING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

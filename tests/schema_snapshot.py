@@ -4,7 +4,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from metering.db import create_engine
+from metering.ops.db import create_engine
 
 _COLUMNS = text(
     """

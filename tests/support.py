@@ -1,10 +1,13 @@
-"""Small helpers shared by tests across packages: waiting for a condition, a free port."""
+"""Small helpers shared by tests across packages: the test Redis, waiting for a condition, a
+free port."""
 
 import asyncio
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
 DEADLINE_S = 120.0
+REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def eventually(

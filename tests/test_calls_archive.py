@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import call_archive
 from metering.call_archive import COLUMNS, InsideWindow, archive_calls, record
-from metering.db import session_scope
-from metering.models import ArchivedUsage
+from metering.ops.db import session_scope
+from metering.ops.models import ArchivedUsage
 from metering.reconcile import find_violations
 from tests.factories import create_experiment, create_user
 from tests.test_cli import metering

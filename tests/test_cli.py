@@ -12,10 +12,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from metering import keys
-from metering.db import create_engine, make_sessionmaker, session_scope
-from tests.conftest import REDIS_URL
+from metering.ops import redis_keys
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from tests.factories import drop_database, server_database_url
+from tests.support import REDIS_URL
 from tests.usage_data import charge_events, event
 
 METERING = str(Path(sys.executable).parent / "metering")
@@ -191,7 +191,7 @@ async def test_an_operators_posting_moves_the_halt_flags_with_the_balance(
         'INSERT INTO "MAACExperiment" (id, name, "userId", status, "updatedAt") '
         f"VALUES ('exp-run', 'run', '{user_id}', 'running', now())",
     )
-    flag = keys.halt_flag(os.environ["METERING_REDIS_PREFIX"], "exp-run")
+    flag = redis_keys.halt_flag(os.environ["METERING_REDIS_PREFIX"], "exp-run")
     redis = Redis.from_url(REDIS_URL)
     try:
         drained = ("adjust", user_id, "--credits", "-10000", "--reason", "x", "--key", "H-1")
@@ -202,7 +202,7 @@ async def test_an_operators_posting_moves_the_halt_flags_with_the_balance(
         assert await redis.exists(flag) == 0
     finally:
         await redis.delete(
-            flag, keys.halted_experiments(os.environ["METERING_REDIS_PREFIX"], user_id)
+            flag, redis_keys.halted_experiments(os.environ["METERING_REDIS_PREFIX"], user_id)
         )
         await redis.aclose()
     assert metering("reconcile", database_url=url).returncode == 0

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import session_scope
-from metering.models import TransactionType
+from metering.ops.db import session_scope
+from metering.ops.models import TransactionType
 from tests.factories import create_experiment, create_user, unique
 from tests.test_cli import metering
 from tests.usage_data import charge_events, event

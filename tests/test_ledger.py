@@ -10,8 +10,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
-from metering.models import (
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
+from metering.ops.models import (
     CreditTransaction,
     MAACExperiment,
     TransactionType,

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.models import MAACExperiment
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.models import MAACExperiment
 from metering.reconcile import Deletion, Violation, find_deletions, find_violations
 from tests.factories import create_experiment, create_user
 from tests.usage_data import charge_events, event

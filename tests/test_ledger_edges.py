@@ -18,10 +18,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import accounts, ledger
-from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.errors import PermanentError
-from metering.events import parse_event
-from metering.models import (
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
+from metering.ops.models import (
     CreditTransaction,
     MAACExperiment,
     TransactionType,
@@ -29,6 +28,7 @@ from metering.models import (
     User,
 )
 from metering.reconcile import find_violations
+from metering.usage.event import parse_event
 from tests.factories import CALL, create_experiment, create_user, unique
 
 Sessions = async_sessionmaker[AsyncSession]

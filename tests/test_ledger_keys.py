@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import session_scope
-from metering.models import CreditTransaction, MAACExperiment, TransactionType, User
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, User
 from metering.reconcile import find_violations
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
-from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
-from metering.models import MAACExperiment, TransactionType, User
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
+from metering.ops.models import MAACExperiment, TransactionType, User
 from metering.pricing.money import whole_credits
 from metering.reconcile import find_violations
 from tests.factories import CALL, create_experiment, create_user, unique

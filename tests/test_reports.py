@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import accounts, estimates, ledger, reports
-from metering.db import session_scope
-from metering.events import UsageEvent
-from metering.models import CreditTransaction, MAACExperiment, TransactionType
+from metering import accounts, ledger, reports
+from metering.budget import estimates
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType
 from metering.pricing import EstimateItem, UnknownModel, get_catalog
+from metering.usage.event import UsageEvent
 from metering.usage.price import token_usage
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event

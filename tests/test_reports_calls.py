@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger, reports
-from metering.db import session_scope
+from metering.ops.db import session_scope
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events
 from metering.usage.streams import Entry
 from tests.factories import create_experiment, create_user
-from tests.pipeline.helpers import raw
+from tests.usage.helpers import raw
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]

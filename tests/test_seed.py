@@ -8,8 +8,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering import accounts
-from metering.db import create_engine, make_sessionmaker, run_in_transaction
-from metering.models import CreditTransaction, TransactionType, User
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
+from metering.ops.models import CreditTransaction, TransactionType, User
 from metering.reconcile import find_violations
 
 # What `prisma.user.create` of the seed document sends: the user and its nested purchase in one

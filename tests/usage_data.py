@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
-from metering.models import MAACExperiment
+from metering.ops.models import MAACExperiment
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry
-from tests.pipeline.helpers import event, raw
+from tests.usage.helpers import event, raw
 
 __all__ = ["charge_events", "event"]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from metering.processes import celery_command
+from metering.dev.processes import celery_command
 
 READY_TIMEOUT_S = 60
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
 from metering.errors import PermanentError
-from metering.models import CreditTransaction, MAACExperiment, TransactionType, User
+from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, User
 
 SEED_EMAIL = "test@example.com"
 SEED_NAME = "Test User"

@@ -30,8 +30,8 @@ from sqlalchemy import Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
 from metering.errors import PermanentError
+from metering.ops.db import session_scope
 from metering.pricing.calculator import EXACT
 from metering.usage.window import outside_window, window_start
 

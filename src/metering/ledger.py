@@ -42,8 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, LargeBinary, Numeric, Text
 
 from metering.errors import Conflict, PermanentError, TransientError
-from metering.ids import cuids
-from metering.models import TransactionType
+from metering.ops.ids import cuids
+from metering.ops.models import TransactionType
 from metering.pricing.calculator import EXACT
 from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
 

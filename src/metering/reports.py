@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts
 from metering.errors import PermanentError
-from metering.models import CreditTransaction, MAACExperiment, TransactionType, UsageCall
+from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, UsageCall
 from metering.pricing import Catalog, TokenUsage
 from metering.pricing.calculator import EXACT, cost_usd
 from metering.pricing.money import USD_PER_CREDIT

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import ledger
 from metering.bench import ceiling, environment, verify, workload
 from metering.bench.storage import TABLES as STORAGE_TABLES
-from metering.db import session_scope
-from tests.conftest import REDIS_URL
+from metering.ops.db import session_scope
 from tests.factories import SERVER_URL
-from tests.pipeline.helpers import Sessions
+from tests.support import REDIS_URL
+from tests.usage.helpers import Sessions
 
 PHASES = ("ceiling", "ledger_path", "pipeline", "pipeline_half_rate", "naive", "backlog")
 BACKLOG = 2_000

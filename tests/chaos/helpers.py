@@ -11,11 +11,11 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from metering import keys
-from metering.db import session_scope
-from metering.models import UsageCall
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import UsageCall
 from tests.factories import create_experiment, create_user
-from tests.pipeline.helpers import (
+from tests.usage.helpers import (
     Sessions,
     balance,
     credits_used,
@@ -132,7 +132,7 @@ class Books:
 
 async def publish(redis: Redis, prefix: str, documents: Iterable[dict[str, Any]]) -> list[str]:
     """XADD each document as a producer in any language would; returns the entry ids."""
-    stream = keys.usage_stream(prefix)
+    stream = redis_keys.usage_stream(prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for document in documents:
             pipe.xadd(stream, raw(document))
@@ -140,7 +140,7 @@ async def publish(redis: Redis, prefix: str, documents: Iterable[dict[str, Any]]
 
 
 async def dead_letters(redis: Redis, prefix: str) -> list[dict[str, str]]:
-    entries = await redis.xrange(keys.dead_letter_stream(prefix))
+    entries = await redis.xrange(redis_keys.dead_letter_stream(prefix))
     return [
         {k.decode(): v.decode(errors="backslashreplace") for k, v in fields.items()}
         for _, fields in entries

@@ -172,7 +172,7 @@ def running_beat(env: dict[str, str], directory: Path) -> Iterator[subprocess.Po
             "-m",
             "celery",
             "-A",
-            "metering.celery_app",
+            "metering.tasks.app",
             "beat",
             "-s",
             str(directory / "beat-schedule"),

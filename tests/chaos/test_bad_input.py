@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from metering import keys
-from metering.events import MAX_TOKENS
+from metering.ops import redis_keys
+from metering.usage.event import MAX_TOKENS
 from tests.chaos.helpers import WORKER_ENV, Books, publish, settled
-from tests.pipeline.helpers import Sessions, event
 from tests.support import eventually
+from tests.usage.helpers import Sessions, event
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ async def test_every_bad_entry_is_dead_lettered_with_a_reason_and_the_rest_is_ch
 ) -> None:
     books = await Books.open(sessions, users=1, experiments_per_user=1)
     (experiment_id,) = books.experiments
-    stream = keys.usage_stream(redis_prefix)
+    stream = redis_keys.usage_stream(redis_prefix)
     good = [event(experiment_id, n) for n in range(5)]
     books.record(good)
     async with redis.pipeline(transaction=False) as pipe:
@@ -161,7 +161,7 @@ async def test_every_bad_entry_is_dead_lettered_with_a_reason_and_the_rest_is_ch
     await eventually(lambda: settled(redis, stream), "every entry acknowledged")
     letters = {
         fields[b"entry_id"].decode(): fields
-        for _, fields in await redis.xrange(keys.dead_letter_stream(redis_prefix))
+        for _, fields in await redis.xrange(redis_keys.dead_letter_stream(redis_prefix))
     }
     assert bad_ids <= letters.keys()
     for entry_id in bad_ids:
@@ -178,7 +178,7 @@ async def test_bytes_that_are_not_utf8_are_dead_lettered_byte_for_byte(
     (experiment_id,) = books.experiments
     good = [event(experiment_id, n) for n in range(3)]
     books.record(good)
-    stream = keys.usage_stream(redis_prefix)
+    stream = redis_keys.usage_stream(redis_prefix)
     sent = json.dumps(event(experiment_id)).encode().replace(b'"model"', b'"mod\xe9l"')
     not_utf8 = await redis.xadd(stream, {"event": sent})
     bad_key = await redis.xadd(stream, {b"\xff\xfe": b"\xff"})
@@ -188,7 +188,7 @@ async def test_bytes_that_are_not_utf8_are_dead_lettered_byte_for_byte(
     await eventually(lambda: settled(redis, stream), "every entry acknowledged")
     letters = {
         fields[b"entry_id"]: fields
-        for _, fields in await redis.xrange(keys.dead_letter_stream(redis_prefix))
+        for _, fields in await redis.xrange(redis_keys.dead_letter_stream(redis_prefix))
     }
     assert letters[not_utf8][b"reason"] == b"invalid_event"
     assert letters[not_utf8][b"detail"] == b"the event is not UTF-8 text"

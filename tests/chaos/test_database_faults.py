@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys, migrate
-from metering.db import create_engine, make_sessionmaker
+from metering.ops import migrate, redis_keys
+from metering.ops.db import create_engine, make_sessionmaker
 from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
@@ -23,8 +23,8 @@ from tests.chaos.helpers import (
     waiting_on_a_lock,
 )
 from tests.chaos.services import PrivatePostgres, private_postgres, running_beat
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ async def test_backends_terminated_mid_transaction_lose_and_double_nothing(
             await publish(redis, redis_prefix, books.events(150, rng))
             terminated += await _terminate_one_in_transaction(engine, spared=[holder_pid])
         await eventually(lambda: books.all_charged(sessions), "every event charged")
-        await eventually(lambda: settled(redis, keys.usage_stream(redis_prefix)), "all acked")
+        await eventually(lambda: settled(redis, redis_keys.usage_stream(redis_prefix)), "all acked")
         assert survivor.process.poll() is None
     assert terminated >= 3
     await books.assert_exact(sessions)
@@ -113,7 +113,7 @@ async def test_a_private_postgres_restarted_while_events_flow_loses_and_doubles_
                     await asyncio.to_thread(cluster.restart)
                 await asyncio.sleep(0.2)
             await eventually(lambda: books.all_charged(sessions), "every event charged")
-            await eventually(lambda: settled(redis, keys.usage_stream(prefix)), "all acked")
+            await eventually(lambda: settled(redis, redis_keys.usage_stream(prefix)), "all acked")
         await books.assert_exact(sessions)
         assert await dead_letters_of(redis, prefix, books) == []
     finally:

@@ -11,10 +11,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys, ledger
-from metering.db import create_engine, make_sessionmaker, run_in_transaction
-from metering.models import TransactionType
-from metering.settings import get_settings
+from metering import ledger
+from metering.ops import redis_keys
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
+from metering.ops.models import TransactionType
+from metering.ops.settings import get_settings
 from metering.usage import drain
 from metering.usage.streams import Entry
 from tests.chaos.helpers import (
@@ -25,8 +26,8 @@ from tests.chaos.helpers import (
     settled,
 )
 from tests.factories import unique
-from tests.pipeline.helpers import Sessions, event, raw
 from tests.support import eventually
+from tests.usage.helpers import Sessions, event, raw
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,7 @@ async def test_a_second_payload_for_an_event_id_is_dead_lettered_and_the_first_s
         {**later, "input_tokens": 7},  # within one batch
     ]
     await publish(redis, redis_prefix, [first, later, *conflicting, later])
-    await eventually(lambda: settled(redis, keys.usage_stream(redis_prefix)), "all acked")
+    await eventually(lambda: settled(redis, redis_keys.usage_stream(redis_prefix)), "all acked")
 
     letters = await dead_letters_of(redis, redis_prefix, books)
     assert sorted((d["reason"], d["event_id"]) for d in letters) == sorted(
@@ -83,7 +84,7 @@ def _config(prefix: str) -> drain.DrainConfig:
 
 def _entries(prefix: str, documents: list[dict[str, Any]]) -> list[Entry]:
     now_ms = int(time.time() * 1000)
-    stream = keys.usage_stream(prefix)
+    stream = redis_keys.usage_stream(prefix)
     return [Entry(stream, f"{now_ms}-{i}", raw(d)) for i, d in enumerate(documents)]
 
 
@@ -142,5 +143,5 @@ async def test_overlapping_batches_in_random_order_all_commit(
 
     assert sum(r.charged for r in reports) == len(documents)
     assert sum(r.dead + r.retrying for r in reports) == 0
-    assert await redis.xlen(keys.dead_letter_stream(prefix)) == 0
+    assert await redis.xlen(redis_keys.dead_letter_stream(prefix)) == 0
     await books.assert_exact(sessions)

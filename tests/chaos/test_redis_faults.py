@@ -14,8 +14,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys
-from metering.models import UsageCall
+from metering.ops import redis_keys
+from metering.ops.models import UsageCall
 from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
@@ -26,8 +26,8 @@ from tests.chaos.helpers import (
     waiting_on_a_lock,
 )
 from tests.chaos.services import PrivateRedis, private_redis, running_beat
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ async def test_a_worker_killed_after_its_commit_and_before_its_xack_charges_once
     stack: Stack, client: Redis, engine: AsyncEngine, sessions: Sessions, redis_prefix: str
 ) -> None:
     books = await Books.open(sessions, users=1, experiments_per_user=1)
-    stream = keys.usage_stream(redis_prefix)
+    stream = redis_keys.usage_stream(redis_prefix)
     with worker(stack) as doomed:
         # The batch waits on a row lock inside its transaction; meanwhile Redis stops taking
         # writes, so once the lock is released the batch commits and then blocks on its XACK.
@@ -79,7 +79,7 @@ async def test_a_worker_killed_after_its_commit_and_before_its_xack_charges_once
         await eventually(lambda: books.all_charged(sessions), "the batch's commit")
         doomed.kill()
         await client.client_unpause()
-    pending = await client.xpending(stream, keys.CONSUMER_GROUP)
+    pending = await client.xpending(stream, redis_keys.CONSUMER_GROUP)
     assert pending["pending"] == 40  # committed, never acknowledged
 
     with worker(stack):
@@ -100,7 +100,9 @@ async def test_dropped_connections_are_survived(
             # Every connection but ours: the worker's stream client, its broker connections, beat.
             await client.client_kill_filter(_type="normal", skipme=True)
         await eventually(lambda: books.all_charged(sessions), "every event charged")
-        await eventually(lambda: settled(client, keys.usage_stream(redis_prefix)), "all acked")
+        await eventually(
+            lambda: settled(client, redis_keys.usage_stream(redis_prefix)), "all acked"
+        )
         assert survivor.process.poll() is None
     await books.assert_exact(sessions)
     assert await dead_letters_of(client, redis_prefix, books) == []
@@ -117,7 +119,9 @@ async def test_a_clean_restart_while_events_flow_loses_nothing(
         await asyncio.to_thread(stack.server.restart)
         await flowing
         await eventually(lambda: books.all_charged(sessions), "every event charged")
-        await eventually(lambda: settled(client, keys.usage_stream(redis_prefix)), "all acked")
+        await eventually(
+            lambda: settled(client, redis_keys.usage_stream(redis_prefix)), "all acked"
+        )
     await books.assert_exact(sessions)
     assert await dead_letters_of(client, redis_prefix, books) == []
 
@@ -140,7 +144,9 @@ async def test_a_crash_loses_at_most_the_last_fsync_window_and_doubles_nothing(
         await asyncio.to_thread(stack.server.crash)
         await asyncio.to_thread(stack.server.start)
         await flowing
-        await eventually(lambda: settled(client, keys.usage_stream(redis_prefix)), "all acked")
+        await eventually(
+            lambda: settled(client, redis_keys.usage_stream(redis_prefix)), "all acked"
+        )
 
     charged = await _charged_event_ids(engine, books)
     durable = {e for e, at in producer.acked_at.items() if at < crashed_at - FSYNC_WINDOW_S}

@@ -15,13 +15,12 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering.db import session_scope
-from metering.models import CreditTransaction, StripeEvent, TransactionType
-from metering.settings import Settings
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, StripeEvent, TransactionType
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.chaos.helpers import row_locked, waiting_on_a_lock
 from tests.factories import create_user
-from tests.pipeline.helpers import Sessions, balance, violations
 from tests.stripe.deliveries import (
     WEBHOOK_SECRET,
     body_of,
@@ -34,7 +33,8 @@ from tests.stripe.deliveries import (
     sign,
 )
 from tests.support import eventually
-from tests.web.conftest import serve
+from tests.usage.helpers import Sessions, balance, violations
+from tests.web.helpers import serve
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow

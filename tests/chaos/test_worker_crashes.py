@@ -6,7 +6,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys
+from metering.ops import redis_keys
 from tests.chaos.helpers import (
     WORKER_ENV,
     Books,
@@ -16,8 +16,8 @@ from tests.chaos.helpers import (
     settled,
     waiting_on_a_lock,
 )
-from tests.pipeline.helpers import Sessions
 from tests.support import eventually
+from tests.usage.helpers import Sessions
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ async def test_ten_sigkills_mid_batch_lose_and_double_nothing(
 
     with running_worker("usage", concurrency=2, env=WORKER_ENV):
         await eventually(lambda: books.all_charged(sessions), "every event charged")
-        await eventually(lambda: settled(redis, keys.usage_stream(redis_prefix)), "all acked")
+        await eventually(lambda: settled(redis, redis_keys.usage_stream(redis_prefix)), "all acked")
     await books.assert_exact(sessions)
     assert await dead_letters_of(redis, redis_prefix, books) == []
 

@@ -14,17 +14,17 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from metering import keys
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter, event_from_usage
-from metering.events import parse_event
-from metering.models import UsageCall
-from metering.settings import get_settings
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import UsageCall
+from metering.ops.settings import get_settings
 from metering.usage import drain
+from metering.usage.event import parse_event
+from metering.usage.producer import AsyncEmitter, event_from_usage
 from tests.clients.cases import USAGE
-from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions, balance, credits_used, expected_credits, violations
+from tests.support import REDIS_URL
+from tests.usage.helpers import Sessions, balance, credits_used, expected_credits, violations
 
 CLIENT = Path(__file__).parents[2] / "clients" / "typescript"
 EMIT = CLIENT / "dist" / "test-support" / "emit-usage.js"
@@ -125,7 +125,7 @@ async def test_typescript_events_are_charged_like_python_ones_and_once(
     await AsyncEmitter(redis, prefix=config.prefix, shards=SHARDS).emit_many(python_events)
 
     # Node's events are on the shard Python routes the experiment to, and are Python's events.
-    stream = keys.stream_for_experiment(config.prefix, SHARDS, ts_experiment)
+    stream = redis_keys.stream_for_experiment(config.prefix, SHARDS, ts_experiment)
     entries = await redis.xrange(stream)
     assert [entry_id.decode() for entry_id, _ in entries][: len(sent["ids"])] == sent["ids"]
     from_node = [parse_event(fields[b"event"]) for _, fields in entries[: len(sent["ids"])]]

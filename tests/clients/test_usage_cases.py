@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from metering import keys
-from metering.emitter import event_from_usage
-from metering.events import parse_event
+from metering.ops import redis_keys
+from metering.usage.event import parse_event
+from metering.usage.producer import event_from_usage
 from tests.clients.cases import EVENTS, USAGE, event_document
 
 TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
@@ -32,7 +32,7 @@ def test_usage_objects_give_the_shared_counts(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", USAGE["shards"], ids=lambda case: f"{case['shards']}-shards")
 def test_experiments_route_to_the_shared_shard(case: dict[str, Any]) -> None:
-    stream = keys.stream_for_experiment("metering", case["shards"], case["experiment_id"])
+    stream = redis_keys.stream_for_experiment("metering", case["shards"], case["experiment_id"])
     assert stream == case["stream"]
 
 

@@ -21,18 +21,19 @@ import redis.asyncio.cluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from metering import halt, keys, ledger, redis_client
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter, Emitter
-from metering.models import TransactionType
-from metering.redis_client import AsyncRedis, ClusterBrokerError
+from metering import ledger
+from metering.budget import halt
+from metering.ops import redis_client, redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import TransactionType
+from metering.ops.redis_client import AsyncRedis, ClusterBrokerError
+from metering.usage.producer import AsyncEmitter, Emitter
 from tests.chaos.helpers import WORKER_ENV, Books, dead_letters_of, settled
 from tests.chaos.services import REPO, running_beat
 from tests.cluster.services import PrivateCluster, private_cluster
-from tests.conftest import REDIS_URL
 from tests.factories import create_experiment, create_user, unique
-from tests.pipeline.helpers import Sessions, event
-from tests.support import eventually
+from tests.support import REDIS_URL, eventually
+from tests.usage.helpers import Sessions, event
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -120,7 +121,7 @@ class Producer:
 
 
 async def all_settled(client: AsyncRedis, prefix: str) -> bool:
-    for stream in keys.usage_streams(prefix, SHARDS):
+    for stream in redis_keys.usage_streams(prefix, SHARDS):
         if not await client.exists(stream) or not await settled(client, stream):
             return False
     return True
@@ -133,7 +134,9 @@ async def test_the_client_factory_detects_a_cluster_from_any_node(
         assert redis_client.is_cluster(node.url)
         client = await redis_client.open_client(node.url)
         assert isinstance(client, redis.asyncio.cluster.RedisCluster)
-        assert await client.get(keys.halt_flag("probe", "nothing")) is None  # any slot, any node
+        assert (
+            await client.get(redis_keys.halt_flag("probe", "nothing")) is None
+        )  # any slot, any node
         await client.aclose()
     producer = Emitter.from_url(stack.cluster.url, prefix=f"{redis_prefix}:sync", shards=SHARDS)
     try:
@@ -184,7 +187,7 @@ async def test_halt_flags_are_raised_and_lifted_on_the_cluster(
     async with session_scope(sessions) as session:
         user_id = await create_user(session, 0)
         experiments = [await create_experiment(session, user_id) for _ in range(6)]
-    slots = {key_slot(keys.halt_flag(prefix, e).encode()) for e in experiments}
+    slots = {key_slot(redis_keys.halt_flag(prefix, e).encode()) for e in experiments}
     assert len(slots) > 1  # the flags live in several slots, and so on several nodes
 
     low = await halt.sync_halts(client, sessions, prefix, [user_id], threshold=0)
@@ -251,7 +254,7 @@ def test_metering_emit_and_status_work_on_the_cluster(stack: Stack, redis_prefix
 
     assert status.returncode == 0, status.stderr
     streams = json.loads(status.stdout)["streams"]
-    assert [s["stream"] for s in streams] == keys.usage_streams(f"{redis_prefix}:cli", SHARDS)
+    assert [s["stream"] for s in streams] == redis_keys.usage_streams(f"{redis_prefix}:cli", SHARDS)
     assert [s["length"] for s in streams] == [1] * SHARDS
 
 
@@ -260,7 +263,7 @@ def test_a_broker_on_the_cluster_is_refused_with_a_clear_error(stack: Stack) -> 
 
     status = metering("status", env=env)
     worker = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "metering.celery_app", "worker", "-Q", "usage"],
+        [sys.executable, "-m", "celery", "-A", "metering.tasks.app", "worker", "-Q", "usage"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

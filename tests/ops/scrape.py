@@ -2,9 +2,9 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from metering.settings import Settings
+from metering.ops.settings import Settings
 from metering.web import create_app
-from tests.web.conftest import serve
+from tests.web.helpers import serve
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -14,21 +14,23 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from metering import alerts, halt, keys, ledger
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter
+from metering import ledger
+from metering.budget import alerts, halt
 from metering.ledger import INT32_MIN
-from metering.models import TransactionType
-from metering.settings import Settings
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import TransactionType
+from metering.ops.settings import Settings
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from metering.usage import dead_letters
+from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user, unique
-from tests.ops.conftest import send
+from tests.ops.helpers import send
 from tests.ops.test_metrics import scrape, value
-from tests.pipeline.helpers import Sessions, balance, event, violations
 from tests.stripe.deliveries import checkout_session, record
 from tests.stripe.deliveries import event as stripe_event
 from tests.support import eventually
+from tests.usage.helpers import Sessions, balance, event, violations
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -91,12 +93,12 @@ async def spend(
 
 async def drained(redis: Redis, prefix: str) -> None:
     """Send a drain and wait until the usage stream has nothing pending or undelivered."""
-    user_stream = keys.usage_stream(prefix)
+    user_stream = redis_keys.usage_stream(prefix)
     send(prefix, "metering.usage.drain", 0)
 
     async def settled() -> bool:
         for group in await redis.xinfo_groups(user_stream):
-            if group["name"].decode() == keys.CONSUMER_GROUP:
+            if group["name"].decode() == redis_keys.CONSUMER_GROUP:
                 return int(group["pending"]) == 0 and int(group["lag"] or 0) == 0
         return False
 
@@ -119,7 +121,7 @@ async def test_one_alert_per_crossing_and_again_after_a_purchase(
         user_id = await create_user(session, 1_500)
         experiment_id = await create_experiment(session, user_id)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.alerts_channel(ops_prefix))
+    await pubsub.subscribe(redis_keys.alerts_channel(ops_prefix))
     env = {
         "METERING_REDIS_PREFIX": ops_prefix,
         "METERING_LOW_BALANCE_CREDITS": str(THRESHOLD),
@@ -142,7 +144,7 @@ async def test_one_alert_per_crossing_and_again_after_a_purchase(
                     ReceivedEvent(purchase["id"], purchase["type"], False, purchase),
                 )
             send(ops_prefix, "metering.stripe.process_event", purchase["id"], queue="stripe")
-            flag = keys.low_balance_flag(ops_prefix, user_id)
+            flag = redis_keys.low_balance_flag(ops_prefix, user_id)
 
             async def rearmed() -> bool:
                 return await balance(sessions, user_id) == 5_600 and not await redis.exists(flag)
@@ -212,7 +214,7 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
     floor_user, floor_experiment = await indebted_user(sessions, alerts.BALANCE_FLOOR + 500)
     edge_user, edge_experiment = await indebted_user(sessions, INT32_MIN + 500)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.alerts_channel(ops_prefix))
+    await pubsub.subscribe(redis_keys.alerts_channel(ops_prefix))
     env = {
         "METERING_REDIS_PREFIX": ops_prefix,
         "METERING_HALT_THRESHOLD": str(INT32_MIN),
@@ -247,7 +249,9 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
     assert await balance(sessions, edge_user) == INT32_MIN + 200
     for experiment_id in (floor_experiment, edge_experiment):
         assert await halt.is_halted(redis, ops_prefix, experiment_id)
-    reason = json.loads(await redis.get(keys.halt_flag(ops_prefix, floor_experiment)))["reason"]
+    reason = json.loads(await redis.get(redis_keys.halt_flag(ops_prefix, floor_experiment)))[
+        "reason"
+    ]
     assert reason == f"balance {alerts.BALANCE_FLOOR - 100} credits is at or below -100000000"
 
     floors = [m for m in published if m["type"] == "balance_floor"]
@@ -322,8 +326,8 @@ async def test_the_floor_alert_is_rearmed_once_the_balance_is_above_it(
         )
     # Above the floor, still below the low-balance threshold: only the floor alert re-arms.
     assert not await alerts.rearm_if_recovered(redis, sessions, ops_prefix, user_id, THRESHOLD)
-    assert not await redis.exists(keys.balance_floor_flag(ops_prefix, user_id))
-    assert await redis.exists(keys.low_balance_flag(ops_prefix, user_id))
+    assert not await redis.exists(redis_keys.balance_floor_flag(ops_prefix, user_id))
+    assert await redis.exists(redis_keys.low_balance_flag(ops_prefix, user_id))
     again = await alerts.note_balances(redis, ops_prefix, below, THRESHOLD)
     assert [a.type for a in again] == ["balance_floor"]
     assert await violations(sessions) == []

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from metering.processes import celery_command
-from tests.ops.conftest import send
+from metering.dev.processes import celery_command
+from tests.ops.helpers import send
 from tests.support import eventually
 from tests.workers import running_worker
 

@@ -9,17 +9,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from metering import keys
-from metering.db import session_scope
-from metering.emitter import AsyncEmitter
-from metering.settings import Settings
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.settings import Settings
 from metering.usage import streams
+from metering.usage.producer import AsyncEmitter
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.ops.conftest import send
-from tests.pipeline.helpers import Sessions, calls_recorded, event, raw
+from tests.ops.helpers import send
 from tests.support import eventually
-from tests.web.conftest import serve
+from tests.usage.helpers import Sessions, calls_recorded, event, raw
+from tests.web.helpers import serve
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ async def test_metrics_move_when_events_flow(
     async with session_scope(sessions) as session:
         user_id = await create_user(session, 1_000_000)
         experiment_id = await create_experiment(session, user_id)
-    stream = keys.usage_stream(ops_prefix)
+    stream = redis_keys.usage_stream(ops_prefix)
     await streams.ensure_group(redis, stream)
     await AsyncEmitter(redis, prefix=ops_prefix).emit_many(
         [event(experiment_id, n) for n in range(EVENTS)]

@@ -11,16 +11,16 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from metering import keys, metrics
-from metering.backlog import read_backlog
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.settings import Settings
+from metering.ops import metrics, redis_keys
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.settings import Settings
 from metering.usage import streams
+from metering.usage.stream_stats import read_backlog
 from tests.factories import create_user
-from tests.ops.conftest import send
+from tests.ops.helpers import send
 from tests.ops.scrape import samples, scrape
-from tests.pipeline.helpers import event, raw
 from tests.support import eventually
+from tests.usage.helpers import event, raw
 from tests.workers import running_worker
 
 METERING = str(Path(sys.executable).parent / "metering")
@@ -30,7 +30,7 @@ async def test_oldest_pending_age_is_that_of_the_oldest_unacknowledged_entry(
     redis: Redis, ops_prefix: str
 ) -> None:
     prefix = f"{ops_prefix}:oldest"
-    stream = keys.usage_stream(prefix)
+    stream = redis_keys.usage_stream(prefix)
     now_ms = int(time.time() * 1000)
     first = await redis.xadd(stream, raw(event("exp")), id=f"{now_ms - 90_000}-0")
     await redis.xadd(stream, raw(event("exp")), id=f"{now_ms - 30_000}-0")
@@ -44,7 +44,7 @@ async def test_oldest_pending_age_is_that_of_the_oldest_unacknowledged_entry(
     assert both.pending == 2
     assert 90 <= both.oldest_pending_age_s < 3600
 
-    await redis.xack(stream, keys.CONSUMER_GROUP, first)
+    await redis.xack(stream, redis_keys.CONSUMER_GROUP, first)
     backlog = await read_backlog(redis, prefix, 1)
     assert 30 <= backlog.streams[0].oldest_pending_age_s < 90
     exported = samples(metrics.render(backlog.collector()).decode())
@@ -151,7 +151,7 @@ async def test_metrics_are_served_without_the_ledger_gauges_when_postgresql_is_d
         gauge(
             exposition,
             "metering_stream_lag",
-            stream=keys.usage_stream(settings.metering_redis_prefix),
+            stream=redis_keys.usage_stream(settings.metering_redis_prefix),
         )
         == 0
     )
@@ -172,7 +172,7 @@ async def test_a_worker_counts_each_task_outcome(
     folder = tmp_path / "metrics"
     folder.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
-    await redis.xadd(keys.usage_stream(prefix), raw(event("exp-unreachable")))
+    await redis.xadd(redis_keys.usage_stream(prefix), raw(event("exp-unreachable")))
     env = {
         "METERING_REDIS_PREFIX": prefix,
         "PROMETHEUS_MULTIPROC_DIR": str(folder),

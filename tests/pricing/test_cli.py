@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import metering.cli.pricing  # noqa: F401  (registers the commands)
 from metering.cli.app import app
-from metering.settings import get_settings
+from metering.ops.settings import get_settings
 
 runner = CliRunner()
 

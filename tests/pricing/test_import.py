@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 import metering.cli.pricing  # noqa: F401  (registers the commands)
 from metering.cli.app import app
+from metering.ops.settings import get_settings
 from metering.pricing import PricingError, TokenUsage, UnsupportedTier, get_catalog
 from metering.pricing.catalog import Catalog, Layer, load_with_overlays
 from metering.pricing.peer_import import convert, load_peer_data
-from metering.settings import get_settings
 
 runner = CliRunner()
 TODAY = date(2026, 12, 1)

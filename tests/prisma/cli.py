@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from metering.settings import to_asyncpg_url
+from metering.ops.settings import to_asyncpg_url
 from tests.factories import SERVER_URL
 
 PRISMA_VERSION = "6.19.3"

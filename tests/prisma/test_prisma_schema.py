@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from metering import migrate
-from metering.db import create_engine
+from metering.ops import migrate
+from metering.ops.db import create_engine
 from tests.prisma.cli import (
     PLATFORM_MIGRATION,
     PLATFORM_SCHEMA,

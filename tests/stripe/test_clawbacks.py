@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.models import CreditTransaction, StripeEvent, TransactionType
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.models import CreditTransaction, StripeEvent, TransactionType
 from metering.reconcile import find_violations
 from metering.stripe import processing
 from metering.stripe.handlers import Outcome

@@ -8,11 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
-from metering.models import StripeEvent, User
+from metering.ops import redis_keys
+from metering.ops.db import session_scope
+from metering.ops.models import StripeEvent, User
 from metering.stripe import processing
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from tests.factories import unique
@@ -90,6 +92,25 @@ async def test_replay_processes_a_failed_event_and_what_it_wakes(
         user = await session.get(User, user_id)
         assert user is not None
         assert user.credits == 0
+
+
+async def test_replay_of_a_purchase_rearms_the_low_balance_alert(
+    sessions: async_sessionmaker[AsyncSession], redis: Redis, redis_prefix: str, user_id: str
+) -> None:
+    crossed = redis_keys.low_balance_flag(redis_prefix, user_id)
+    await redis.set(crossed, "1")
+    async with session_scope(sessions) as session:
+        purchase = event(
+            "checkout.session.completed", await record(session, checkout_session(user_id, 10_000))
+        )
+    await store(sessions, purchase)
+
+    replayed = metering("replay", purchase["id"])
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert not await redis.exists(crossed)
+    async with session_scope(sessions) as session:
+        assert await session.scalar(select(User.credits).where(User.id == user_id)) == 10_000
 
 
 async def test_events_waiting_past_the_bound_are_flagged_overdue(

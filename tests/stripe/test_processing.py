@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import halt
-from metering.db import session_scope
-from metering.models import CreditTransaction, StripeEvent, TransactionType, User
+from metering.budget import halt
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, StripeEvent, TransactionType, User
 from metering.stripe import handlers, processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.processing import EventFailed, EventRetrying, Processed

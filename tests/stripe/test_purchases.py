@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
-from metering.models import CreditTransaction, TransactionType
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, TransactionType
 from metering.stripe import processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.processing import EventQuarantined

@@ -4,8 +4,8 @@ import json
 
 from sqlalchemy import text
 
-from metering import migrate
-from metering.db import create_engine
+from metering.ops import migrate
+from metering.ops.db import create_engine
 from tests.stripe.deliveries import charge, checkout_session, event, new_id
 
 

@@ -11,10 +11,10 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from metering import halt
-from metering.db import session_scope
-from metering.models import CreditTransaction, StripeEvent, TransactionType, User
-from metering.settings import Settings
+from metering.budget import halt
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, StripeEvent, TransactionType, User
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.stripe.deliveries import (
     WEBHOOK_SECRET,
@@ -27,7 +27,7 @@ from tests.stripe.deliveries import (
     record,
     sign,
 )
-from tests.web.conftest import Queue, serve
+from tests.web.helpers import Queue, serve
 from tests.workers import Worker, running_worker
 
 pytestmark = pytest.mark.slow
@@ -195,7 +195,7 @@ async def test_an_event_whose_enqueue_failed_is_processed_when_beat_requeues(
         response = await deliver(client, completed)
     assert response.json()["enqueued"] is False
 
-    from metering.celery_app import app as celery
+    from metering.tasks.app import app as celery
 
     async def requeued() -> bool:
         celery.send_task("metering.stripe.requeue_unprocessed")

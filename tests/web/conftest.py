@@ -3,35 +3,21 @@
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
+from metering.ops.db import session_scope
+from metering.ops.settings import Settings
 from metering.reconcile import find_violations
-from metering.settings import Settings
 from metering.web import create_app
 from tests.stripe import deliveries
-
-SECRET_KEY = "sk_test_51StandInSecretKey0123456789"
-API_TOKEN = "api-token-7f3e9b2c4d"
-FRONTEND_URL = "https://app.example.test"
-
-
-@dataclass
-class StandIn:
-    """Records each form-encoded request; answers a checkout.session, or `error` when set."""
-
-    url: str
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    error: tuple[int, dict[str, Any]] | None = None
+from tests.web.helpers import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve
 
 
 @pytest.fixture
@@ -79,19 +65,6 @@ def stripe_api() -> Iterator[StandIn]:
     server.server_close()
 
 
-@dataclass
-class Queue:
-    """Stands in for the Celery enqueue: records ids, or raises when `broken`."""
-
-    sent: list[str] = field(default_factory=list)
-    broken: bool = False
-
-    def __call__(self, event_id: str) -> None:
-        if self.broken:
-            raise ConnectionError("broker unreachable")
-        self.sent.append(event_id)
-
-
 @pytest.fixture
 def queue() -> Queue:
     return Queue()
@@ -108,15 +81,6 @@ def settings(database_url: str, stripe_api: StandIn) -> Settings:
         metering_api_token=SecretStr(API_TOKEN),
         stripe_credit_packs={"starter": 5_000},
     )
-
-
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, with the app's start-up and shutdown run around it."""
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://metering") as client,
-    ):
-        yield client
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
-from metering.logs import configure_logging
-from metering.models import StripeCheckoutSession
-from metering.settings import Settings
+from metering.ops.db import session_scope
+from metering.ops.logs import configure_logging
+from metering.ops.models import StripeCheckoutSession
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.factories import create_user
-from tests.web.conftest import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve
+from tests.web.helpers import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

@@ -10,14 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from metering.db import session_scope
-from metering.events import MAX_TOKENS
-from metering.models import MAACExperiment
+from metering.ops.db import session_scope
+from metering.ops.models import MAACExperiment
+from metering.ops.settings import Settings
 from metering.pricing.estimate import MAX_CALLS
-from metering.settings import Settings
+from metering.usage.event import MAX_TOKENS
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.web.conftest import API_TOKEN, Queue, serve
+from tests.web.helpers import API_TOKEN, Queue, serve
 from tests.web.test_read_api import Sessions
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -26,15 +26,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from metering.db import session_scope
-from metering.events import MAX_TOKENS
+from metering.ops.db import session_scope
+from metering.ops.settings import Settings
 from metering.pricing import get_catalog
 from metering.pricing.estimate import MAX_CALLS
-from metering.settings import Settings
+from metering.usage.event import MAX_TOKENS
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
 from tests.usage_data import charge_events, event
-from tests.web.conftest import API_TOKEN, Queue
+from tests.web.helpers import API_TOKEN, Queue
 from tests.web.test_read_api import Sessions
 
 EXAMPLES = 40

@@ -10,13 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import session_scope
-from metering.models import CreditTransaction, MAACExperiment, TransactionType
-from metering.settings import Settings
+from metering.ops.db import session_scope
+from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event
-from tests.web.conftest import API_TOKEN, Queue, serve
+from tests.web.helpers import API_TOKEN, Queue, serve
 
 Sessions = async_sessionmaker[AsyncSession]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

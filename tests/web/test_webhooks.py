@@ -9,13 +9,13 @@ from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import session_scope
-from metering.models import StripeEvent
-from metering.settings import Settings
+from metering.ops.db import session_scope
+from metering.ops.models import StripeEvent
+from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.stripe import deliveries
 from tests.stripe.deliveries import WEBHOOK_SECRET, body_of, event, sign
-from tests.web.conftest import Queue, serve
+from tests.web.helpers import Queue, serve
 
 
 def refund_event() -> dict[str, object]:

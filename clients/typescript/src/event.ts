@@ -1,5 +1,5 @@
 /**
- * The usage event: the wire contract, as `src/metering/events.py` defines it.
+ * The usage event: the wire contract, as `src/metering/usage/event.py` defines it.
  *
  * An event is checked against the repo's JSON Schema (copied into `dist/` at build time) and
  * against the rules the schema cannot say, the same as the Python model's validators:

@@ -1,6 +1,6 @@
 /**
- * The Redis keys a producer touches, as `src/metering/keys.py` names them. All start with the
- * prefix the workers use (`METERING_REDIS_PREFIX`, default `metering`).
+ * The Redis keys a producer touches, as `src/metering/ops/redis_keys.py` names them. All start with
+ * the prefix the workers use (`METERING_REDIS_PREFIX`, default `metering`).
  */
 import { crc32 } from "node:zlib";
 

@@ -1,6 +1,6 @@
 /**
  * Publishing usage events from a TypeScript experiment runner: Redis only, the twin of
- * `metering.emitter.Emitter`. Each event is validated before it leaves the process and added to
+ * `metering.usage.producer.Emitter`. Each event is validated before it leaves the process and added to
  * its experiment's stream (`XADD <stream> * event <JSON>`); `shouldStop` reads the halt flag the
  * workers set when the owner's balance runs out.
  */

@@ -1,5 +1,5 @@
 /**
- * Provider usage objects to the event's disjoint token counts, as `src/metering/emitter.py`
+ * Provider usage objects to the event's disjoint token counts, as `src/metering/usage/producer.py`
  * reads them: `input_tokens` excludes cache reads and writes, `output_tokens` includes reasoning.
  */
 import { InvalidEvent, type UsageEvent, validateEvent } from "./event.js";

@@ -71,7 +71,7 @@ describe("events of eventFromUsage", () => {
   });
 });
 
-describe("shard routing equals keys.py's crc32 rule", () => {
+describe("shard routing equals redis_keys.py's crc32 rule", () => {
   for (const item of usageCases.shards) {
     test(`${item.experiment_id} over ${item.shards} shard(s)`, () => {
       assert.equal(streamForExperiment("metering", item.shards, item.experiment_id), item.stream);

@@ -22,9 +22,9 @@ from sqlalchemy.pool import NullPool
 
 from metering import ledger
 from metering.bench.workload import USER_CREDITS, Population, Workload
+from metering.ops.settings import to_asyncpg_url
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
-from metering.settings import to_asyncpg_url
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry

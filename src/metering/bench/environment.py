@@ -22,10 +22,11 @@ from redis import Redis
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from metering import ledger, migrate
+from metering import ledger
 from metering.bench.workload import USER_CREDITS, Population
-from metering.models import MAACExperiment, TransactionType, User
-from metering.settings import to_asyncpg_url
+from metering.ops import migrate
+from metering.ops.models import MAACExperiment, TransactionType, User
+from metering.ops.settings import to_asyncpg_url
 
 READY_TIMEOUT_S = 90.0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
-from metering.db import create_engine, make_sessionmaker, run_in_transaction
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
 
 
 @dataclass(frozen=True)

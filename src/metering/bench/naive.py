@@ -14,8 +14,8 @@ from metering.bench import environment
 from metering.bench.environment import Services
 from metering.bench.naive_app import QUEUE, READY, TASK, make_app
 from metering.bench.workload import Workload
-from metering.db import create_engine, make_sessionmaker
-from metering.models import CreditTransaction
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.models import CreditTransaction
 
 POLL_S = 0.05
 

@@ -18,12 +18,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.db import run_in_transaction
 from metering.errors import PermanentError, TransientError
-from metering.ids import cuid
+from metering.ops.db import run_in_transaction
+from metering.ops.ids import cuid
+from metering.ops.settings import Settings, get_settings
 from metering.pricing import get_catalog
 from metering.pricing.money import credits_due
-from metering.settings import Settings, get_settings
 from metering.tasks import runtime
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges

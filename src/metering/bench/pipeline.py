@@ -26,10 +26,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from metering import keys
 from metering.bench import environment
 from metering.bench.environment import Services
 from metering.bench.workload import Workload
+from metering.ops import redis_keys
+from metering.usage.streams import text
 
 POLL_S = 0.01
 CHUNK = 500
@@ -132,7 +133,7 @@ class AckObserver(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
             pipe.xinfo_groups(stream)
-            pipe.xpending(stream, keys.CONSUMER_GROUP)
+            pipe.xpending(stream, redis_keys.CONSUMER_GROUP)
         replies = pipe.execute(raise_on_error=False)
         now = time.time()
         for n, stream in enumerate(self.streams):
@@ -143,14 +144,14 @@ class AckObserver(threading.Thread):
                 or not groups
             ):
                 continue
-            group = next(g for g in groups if _text(g["name"]) == keys.CONSUMER_GROUP)
+            group = next(g for g in groups if text(g["name"]) == redis_keys.CONSUMER_GROUP)
             ids = self.published.ids.get(stream, [])
             # Read before the pending summary: everything delivered by then and older than the
             # oldest entry pending afterwards is acknowledged.
-            last = _id_key(_text(group["last-delivered-id"]))
+            last = _id_key(text(group["last-delivered-id"]))
             acked = bisect.bisect_right(ids, last, key=_id_key)
             if pending["pending"]:
-                oldest = _id_key(_text(pending["min"]))
+                oldest = _id_key(text(pending["min"]))
                 acked = min(acked, bisect.bisect_left(ids, oldest, key=_id_key))
             if acked > self.acked[stream][-1][1]:
                 self.acked[stream].append((now, acked))
@@ -216,7 +217,7 @@ async def produce(
     Returns the seconds the producer took.
     """
     started = time.monotonic()
-    streams = [keys.stream_for_experiment(prefix, shards, e) for e in work.experiment_ids]
+    streams = [redis_keys.stream_for_experiment(prefix, shards, e) for e in work.experiment_ids]
     chunk = CHUNK if rate is None else max(1, min(CHUNK, int(rate / 200)))
     for begin in range(0, len(work.payloads), chunk):
         end = min(begin + chunk, len(work.payloads))
@@ -232,16 +233,16 @@ async def produce(
             stream = streams[n]
             ids = published.ids.setdefault(stream, [])
             published.placement.append((stream, len(ids)))
-            ids.append(_text(entry_id))
+            ids.append(text(entry_id))
     return time.monotonic() - started
 
 
 async def prepare_streams(redis: Redis, prefix: str, shards: int) -> list[str]:
     """Create every shard's stream and consumer group (as the drain would, from the start)."""
-    streams = keys.usage_streams(prefix, shards)
+    streams = redis_keys.usage_streams(prefix, shards)
     for stream in streams:
         try:
-            await redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            await redis.xgroup_create(stream, redis_keys.CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -308,12 +309,12 @@ def start_workers(
     schedule = Path(tempfile.mkdtemp(prefix="metering-bench-")) / "beat-schedule"
     started.append(
         environment.start(
-            "beat", environment.celery("metering.celery_app", "beat", "-s", str(schedule)), env
+            "beat", environment.celery("metering.tasks.app", "beat", "-s", str(schedule)), env
         )
     )
     worker = environment.start(
         "worker",
-        environment.worker_command("metering.celery_app", "usage", settings.concurrency, "bench"),
+        environment.worker_command("metering.tasks.app", "usage", settings.concurrency, "bench"),
         env,
         ready_marker=" ready.",
     )
@@ -324,7 +325,3 @@ def start_workers(
 def _id_key(entry_id: str) -> tuple[int, int]:
     milliseconds, sequence = entry_id.split("-", 1)
     return int(milliseconds), int(sequence)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

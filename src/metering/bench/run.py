@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import keys, ledger
+from metering import ledger
 from metering.bench import (
     ceiling,
     cpu,
@@ -40,8 +40,9 @@ from metering.bench import (
 )
 from metering.bench.environment import Services
 from metering.bench.pipeline import AckObserver, PipelineSettings, RssSampler
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.settings import get_settings
+from metering.ops import redis_keys
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.settings import get_settings
 
 Progress = Callable[[str], None]
 CONCURRENCY = 2
@@ -378,7 +379,7 @@ async def _lower_bounds(
 async def _dead_letters(services: Services) -> int:
     redis = Redis.from_url(services.redis_url)
     try:
-        return int(await redis.xlen(keys.dead_letter_stream(services.redis_prefix)))
+        return int(await redis.xlen(redis_keys.dead_letter_stream(services.redis_prefix)))
     finally:
         await redis.aclose()
 

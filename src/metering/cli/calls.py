@@ -10,9 +10,9 @@ from metering.call_archive import ArchiveResult, archive_calls, check_cutoff
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.reports import jsonable, parse_time
-from metering.db import create_engine, make_sessionmaker
-from metering.migrate import check_database
-from metering.settings import get_settings
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.migrate import check_database
+from metering.ops.settings import get_settings
 
 calls = typer.Typer(
     help="Call records: archive those older than the exactly-once window.", no_args_is_help=True

@@ -47,8 +47,8 @@ def operator_error(error: BaseException) -> str | None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from metering.db import sqlstate
-    from metering.settings import get_settings
+    from metering.ops.db import sqlstate
+    from metering.ops.settings import get_settings
 
     for cause in _causes(error):
         if isinstance(cause, MeteringError):
@@ -129,9 +129,9 @@ async def _run(main: Callable[[], Awaitable[T]]) -> T:
 
 def in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one transaction on the configured, migrated database."""
-    from metering.db import create_engine, make_sessionmaker, run_in_transaction
-    from metering.migrate import check_database
-    from metering.settings import get_settings
+    from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
+    from metering.ops.migrate import check_database
+    from metering.ops.settings import get_settings
 
     async def main() -> T:
         engine = create_engine(get_settings().database_url, pool_size=1)

@@ -2,11 +2,11 @@
 
 import typer
 
-from metering import migrate
 from metering.cli.app import app
 from metering.cli.common import console, fail, run
-from metering.db import create_engine
-from metering.settings import get_settings
+from metering.ops import migrate
+from metering.ops.db import create_engine
+from metering.ops.settings import get_settings
 
 db = typer.Typer(help="Apply or roll back database migrations.", no_args_is_help=True)
 app.add_typer(db, name="db")

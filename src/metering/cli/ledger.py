@@ -9,14 +9,16 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, halt, ledger, redis_client
+from metering import accounts, ledger
+from metering.budget import halt
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json, run
-from metering.db import create_engine, make_sessionmaker
-from metering.ledger_status import record_reconcile
+from metering.ops import redis_client
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.reconcile_status import record_reconcile
+from metering.ops.settings import get_settings
 from metering.pricing.money import USD_PER_CREDIT
 from metering.reconcile import Deletion, Violation, find_deletions, find_violations
-from metering.settings import get_settings
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 

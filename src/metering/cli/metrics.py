@@ -10,13 +10,13 @@ from typing import Any
 import typer
 from redis.exceptions import RedisError
 
-from metering import redis_client
-from metering.backlog import read_backlog
 from metering.cli.app import app
 from metering.cli.common import console, fail
-from metering.logs import get_logger
-from metering.metrics import CONTENT_TYPE, StreamCollector, render
-from metering.settings import get_settings
+from metering.ops import redis_client
+from metering.ops.logs import get_logger
+from metering.ops.metrics import CONTENT_TYPE, StreamCollector, render
+from metering.ops.settings import get_settings
+from metering.usage.stream_stats import read_backlog
 
 metrics = typer.Typer(help="Prometheus metrics of this host.", no_args_is_help=True)
 app.add_typer(metrics, name="metrics")

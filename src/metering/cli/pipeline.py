@@ -19,21 +19,22 @@ from rich.table import Table
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, keys, migrate, redis_client
-from metering.backlog import read_backlog
+from metering import accounts
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.stack import DATA_DIR, local_stack
-from metering.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
-from metering.emitter import AsyncEmitter
-from metering.events import UsageEvent
-from metering.models import MAACExperiment, UsageCall
+from metering.dev.processes import ProcessGroup, celery_command
+from metering.ops import migrate, redis_client, redis_keys
+from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
+from metering.ops.models import MAACExperiment, UsageCall
+from metering.ops.redis_client import AsyncRedis, ClusterBrokerError
+from metering.ops.settings import get_settings
 from metering.pricing.money import USD_PER_CREDIT
-from metering.processes import ProcessGroup, celery_command
 from metering.reconcile import find_violations
-from metering.redis_client import AsyncRedis, ClusterBrokerError
-from metering.settings import get_settings
 from metering.usage import dead_letters
+from metering.usage.event import UsageEvent
+from metering.usage.producer import AsyncEmitter
+from metering.usage.stream_stats import read_backlog
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 IDS = typer.Option([], "--id", help="Dead letter ids (default: all).")
@@ -205,7 +206,7 @@ def _celery() -> Any:
     except ClusterBrokerError as error:
         fail(error.message)
     # Imported on use: building the Celery app is only worth it for the commands that talk to it.
-    from metering.celery_app import app as celery
+    from metering.tasks.app import app as celery
 
     return celery
 
@@ -268,7 +269,7 @@ def _start_worker(group: ProcessGroup) -> None:
     while not _workers():
         if worker.process.poll() is not None or time.monotonic() > deadline:
             fail(
-                "the demo worker did not start; run `celery -A metering.celery_app worker -Q usage`"
+                "the demo worker did not start; run `celery -A metering.tasks.app worker -Q usage`"
             )
 
 
@@ -284,7 +285,7 @@ async def _demo(seconds: float, rate: int) -> dict[str, Any]:
     try:
         user_id, experiments, before = await run_in_transaction(sessions, _demo_setup)
         emitter = AsyncEmitter(client, prefix=prefix, shards=settings.metering_usage_shards)
-        dead_before = await client.xlen(keys.dead_letter_stream(prefix))
+        dead_before = await client.xlen(redis_keys.dead_letter_stream(prefix))
         sent = await _simulate_runner(emitter, experiments, seconds, rate)
         await _wait_charged(sessions, client, experiments, sent, dead_before)
         async with session_scope(sessions) as session:
@@ -362,7 +363,7 @@ async def _simulate_runner(
     assert first is not None
     await emitter.emit(first)
     counts["duplicate"] += 1
-    stream = keys.stream_for_experiment(emitter.prefix, emitter.shards, experiments[0])
+    stream = redis_keys.stream_for_experiment(emitter.prefix, emitter.shards, experiments[0])
     malformed = first.model_dump(mode="json") | {"event_id": "demo-malformed", "input_tokens": -40}
     await emitter.redis.xadd(stream, {"event": json.dumps(malformed)})
     counts["malformed"] += 1
@@ -394,7 +395,7 @@ async def _wait_charged(
                     select(func.count()).where(UsageCall.experiment_id.in_(experiments))
                 )
             progress.update(task, completed=charged or 0)
-            dead = await client.xlen(keys.dead_letter_stream(prefix)) - dead_before
+            dead = await client.xlen(redis_keys.dead_letter_stream(prefix)) - dead_before
             if (charged or 0) >= sent["valid"] and dead >= sent["malformed"]:
                 return
             if time.monotonic() > deadline:
@@ -454,7 +455,7 @@ def _print_summary(summary: dict[str, Any], prefix: str) -> None:
         f"[bold]balance[/] of {accounts.SEED_EMAIL}: {before:,} -> {after:,} credits "
         f"(charged {before - after:,} credits = ${(before - after) * USD_PER_CREDIT:,.3f})"
     )
-    console.print(f"[bold]dead letters[/] (stream {keys.dead_letter_stream(prefix)}):")
+    console.print(f"[bold]dead letters[/] (stream {redis_keys.dead_letter_stream(prefix)}):")
     for letter in summary["dead_letters"]:
         console.print(
             f"  {escape(letter['event_id'] or '-')}: {letter['reason']}: {escape(letter['detail'])}"

@@ -10,10 +10,10 @@ from rich.table import Table
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json
 from metering.errors import MeteringError
+from metering.ops.settings import get_settings
 from metering.pricing import NoPriceAt, TokenUsage, charge_exact_credits, get_catalog
 from metering.pricing.catalog import Catalog, shipped_layers
 from metering.pricing.schema import STANDARD_TIER
-from metering.settings import get_settings
 
 TOKENS = typer.Option(0, min=0, help="Tokens of this class (classes are disjoint).")
 ONLY_PROVIDERS = typer.Option(None, help="Only these catalog providers (repeatable).")

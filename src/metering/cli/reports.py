@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import reports
 from metering.cli.app import app
 from metering.cli.common import console, errors, fail, in_database, print_json
-from metering.models import TransactionType
+from metering.ops.models import TransactionType
+from metering.ops.settings import get_settings
 from metering.pricing import get_catalog
-from metering.settings import get_settings
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 BY = typer.Option(reports.GroupBy.MODEL, help="How to group the usage.")

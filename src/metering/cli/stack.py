@@ -12,12 +12,14 @@ from pathlib import Path
 import typer
 from sqlalchemy import make_url
 
-from metering import accounts, migrate
+from metering import accounts
 from metering.cli.app import app
 from metering.cli.common import console, in_database, run
-from metering.embedded import DEFAULT_DATA_DIR, Services, local_services
-from metering.processes import ProcessGroup, celery_command
-from metering.settings import get_settings, to_asyncpg_url
+from metering.dev.embedded import DEFAULT_DATA_DIR, Services, local_services
+from metering.dev.processes import ProcessGroup, celery_command
+from metering.dev.stack import STACK, WEB_APP
+from metering.ops import migrate
+from metering.ops.settings import get_settings, to_asyncpg_url
 
 DATA_DIR = typer.Option(DEFAULT_DATA_DIR, help="Folder of the embedded services' data.")
 
@@ -82,32 +84,21 @@ def dev(
             "FLOWER_BASIC_AUTH": flower_auth,
         }
         group = ProcessGroup(environment)
-        beat_schedule = state_dir / "beat-schedule"
+        # What this machine adds to the arguments every way of running the stack shares.
+        local_args = {
+            "worker": ("-c", "2"),
+            "stripe_worker": ("-c", "1"),
+            "beat": ("-s", str(state_dir / "beat-schedule")),
+            "flower": ("--address=127.0.0.1", f"--port={flower_port}"),
+        }
+        web = [sys.executable, "-m", "uvicorn", WEB_APP, "--host", "127.0.0.1", "--port", str(port)]
         try:
-            group.start(
-                "web",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "metering.web:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-            )
-            group.start(
-                "worker", celery_command("worker", "-Q", "usage", "-n", "usage@%h", "-c", "2")
-            )
-            group.start(
-                "stripe", celery_command("worker", "-Q", "stripe", "-n", "stripe@%h", "-c", "1")
-            )
-            group.start("beat", celery_command("beat", "-s", str(beat_schedule)))
-            group.start(
-                "flower",
-                celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}"),
-            )
+            for process in STACK:
+                extra = local_args.get(process.name, ())
+                group.start(
+                    process.name,
+                    celery_command(*process.celery_args, *extra) if process.celery_args else web,
+                )
             console.print(
                 f"web on http://127.0.0.1:{port}, Flower on http://127.0.0.1:{flower_port}; "
                 "Ctrl-C stops everything"

@@ -6,13 +6,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metering import redis_client
 from metering.cli.app import app
 from metering.cli.common import console, print_json, run
-from metering.db import create_engine, make_sessionmaker, session_scope
-from metering.migrate import check_database
-from metering.settings import get_settings
+from metering.ops import redis_client
+from metering.ops.db import create_engine, make_sessionmaker, session_scope
+from metering.ops.migrate import check_database
+from metering.ops.settings import get_settings
 from metering.stripe import processing
+from metering.stripe.follow_up import follow_up
 from metering.stripe.processing import EventRow, Processed
 
 stripe_app = typer.Typer(help="Stripe webhook events: inspect and replay.", no_args_is_help=True)
@@ -98,13 +99,7 @@ def replay(
                 processed = await processing.process_event(
                     sessions, pending.pop(0), lock_timeout_ms=settings.stripe_lock_timeout_ms
                 )
-                await processing.after_commit(
-                    redis,
-                    sessions,
-                    settings.metering_redis_prefix,
-                    processed,
-                    settings.metering_halt_threshold,
-                )
+                await follow_up(redis, sessions, settings, processed)
                 done.append(processed)
                 pending.extend(processed.wake_event_ids)
         finally:

@@ -1,4 +1,4 @@
-"""Alembic environment. `metering.migrate` hands it an open connection of our async engine.
+"""Alembic environment. `metering.ops.migrate` hands it an open connection of our async engine.
 
 Alembic's version table lives in schema `metering`, not in `public`: `public` is Prisma's, and
 holds only tables its schema declares. A database migrated before keeps its history: its
@@ -7,8 +7,8 @@ holds only tables its schema declares. A database migrated before keeps its hist
 
 from alembic import context
 
-from metering.migrate import VERSION_SCHEMA, VERSION_TABLE, adopt_version_table
-from metering.models import Base
+from metering.ops.migrate import VERSION_SCHEMA, VERSION_TABLE, adopt_version_table
+from metering.ops.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -6,13 +6,13 @@ from decimal import Decimal, InvalidOperation, Overflow, localcontext
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metering.events import Name, Tier, TokenCount
 from metering.pricing.calculator import EXACT, CallCost, charge_exact_credits
 from metering.pricing.catalog import Catalog
 from metering.pricing.errors import InvalidUsage
 from metering.pricing.money import whole_credits
 from metering.pricing.schema import STANDARD_TIER
 from metering.pricing.usage import TokenUsage
+from metering.usage.event import Name, Tier, TokenCount
 
 MAX_CALLS = 1_000_000_000
 """Calls of one item, and of a whole estimate."""

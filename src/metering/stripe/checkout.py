@@ -14,7 +14,7 @@ import stripe
 from stripe.params.checkout import SessionCreateParams
 
 from metering.errors import PermanentError, TransientError
-from metering.logs import redact_text
+from metering.ops.logs import redact_text
 from metering.pricing.money import USD_PER_CREDIT
 
 CURRENCY = "usd"

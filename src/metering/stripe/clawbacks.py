@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
 from metering import ledger
-from metering.logs import get_logger
-from metering.models import TransactionType
+from metering.ops.logs import get_logger
+from metering.ops.models import TransactionType
 from metering.stripe import reversals
 from metering.stripe.purchases import Purchase
 from metering.stripe.reversals import Kind, Reversal

@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 import stripe
 
 from metering.errors import ConfigurationError
-from metering.settings import Settings
+from metering.ops.settings import Settings
 
 MAX_NETWORK_RETRIES = 2
 """Stripe's client retries a failed call with an idempotency key, so a retry never doubles."""

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import ledger
 from metering.errors import PermanentError
-from metering.models import TransactionType
+from metering.ops.models import TransactionType
 from metering.stripe import clawbacks, purchases, reversals
 
 

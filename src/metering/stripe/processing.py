@@ -16,13 +16,13 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering.db import first_line, run_in_transaction
+from metering.budget.halt import sync_halts
 from metering.errors import MeteringError, PermanentError, TransientError
-from metering.halt import sync_halts
-from metering.logs import redact_text
-from metering.metrics import observe_stripe_event
-from metering.models import StripeEvent
-from metering.redis_client import AsyncRedis
+from metering.ops.db import first_line, run_in_transaction
+from metering.ops.logs import redact_text
+from metering.ops.metrics import observe_stripe_event
+from metering.ops.models import StripeEvent
+from metering.ops.redis_client import AsyncRedis
 from metering.stripe import handlers
 from metering.stripe.handlers import Outcome
 from metering.stripe.purchases import Quarantined

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.errors import PermanentError
-from metering.models import StripeCheckoutSession
+from metering.ops.models import StripeCheckoutSession
 from metering.stripe import checkout as selling
 
 ORDER_KEYS = ("userId", "credits")

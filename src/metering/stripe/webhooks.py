@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.errors import PermanentError
-from metering.models import StripeEvent
+from metering.ops.models import StripeEvent
 from metering.stripe.reversals import reference_id
 
 

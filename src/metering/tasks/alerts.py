@@ -6,11 +6,11 @@ holds up charging. Routed to the usage queue (the default).
 
 from typing import Any
 
-from metering import alerts
-from metering.celery_app import app
+from metering.budget import alerts
 from metering.errors import TransientError
-from metering.logs import get_logger
+from metering.ops.logs import get_logger
 from metering.tasks import runtime
+from metering.tasks.app import app
 
 DELIVER = "metering.alerts.deliver"
 

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from metering import redis_client
-from metering.db import create_engine, make_sessionmaker
-from metering.redis_client import AsyncRedis
-from metering.settings import Settings, get_settings
+from metering.ops import redis_client
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.redis_client import AsyncRedis
+from metering.ops.settings import Settings, get_settings
 
 T = TypeVar("T")
 YOUNG_COLLECTION_THRESHOLD = 10_000

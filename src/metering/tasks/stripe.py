@@ -2,12 +2,12 @@
 
 from typing import Any
 
-from metering import alerts
-from metering.celery_app import STRIPE_QUEUE, app
 from metering.errors import TransientError
-from metering.logs import get_logger
+from metering.ops.logs import get_logger
 from metering.stripe import processing
+from metering.stripe.follow_up import follow_up
 from metering.tasks import runtime
+from metering.tasks.app import STRIPE_QUEUE, app
 
 PROCESS_EVENT = "metering.stripe.process_event"
 REQUEUE_UNPROCESSED = "metering.stripe.requeue_unprocessed"
@@ -25,32 +25,15 @@ log = get_logger(__name__)
     max_retries=processing.MAX_ATTEMPTS,
 )
 def process_event(event_id: str) -> dict[str, Any]:
-    """Handle a stored event; after commit, lift halt flags and enqueue the events it woke."""
+    """Handle a stored event; after commit, its follow-up (`follow_up`), then enqueue the events
+    it woke."""
     rt = runtime.get_runtime()
     processed = rt.run(
         processing.process_event(
             rt.sessions, event_id, lock_timeout_ms=rt.settings.stripe_lock_timeout_ms
         )
     )
-    rt.run(
-        processing.after_commit(
-            rt.redis,
-            rt.sessions,
-            rt.settings.metering_redis_prefix,
-            processed,
-            rt.settings.metering_halt_threshold,
-        )
-    )
-    if processed.user_id is not None:
-        rt.run(
-            alerts.rearm_if_recovered(
-                rt.redis,
-                rt.sessions,
-                rt.settings.metering_redis_prefix,
-                processed.user_id,
-                rt.settings.metering_low_balance_credits,
-            )
-        )
+    rt.run(follow_up(rt.redis, rt.sessions, rt.settings, processed))
     for woken in processed.wake_event_ids:
         process_event.apply_async((woken,), queue=STRIPE_QUEUE)
     log.info("stripe event processed", **processed.summary())

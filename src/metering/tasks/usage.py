@@ -4,10 +4,10 @@ entries left sends itself again at once."""
 
 from typing import Any
 
-from metering.celery_app import app
 from metering.errors import TransientError
 from metering.tasks import runtime
 from metering.tasks.alerts import deliver as deliver_alert
+from metering.tasks.app import app
 from metering.usage import drain
 
 RETRY = {

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from redis.typing import EncodableT, FieldT
 
-from metering import keys
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys as keys
+from metering.ops.redis_client import AsyncRedis
 from metering.usage.parse import DeadLetter
 from metering.usage.streams import Entry, acknowledge, raw
 

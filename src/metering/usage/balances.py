@@ -5,16 +5,18 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import halt, keys, ledger
-from metering.alerts import (
+from metering import ledger
+from metering.budget import halt
+from metering.budget.alerts import (
     BALANCE_FLOOR,
     LowBalanceAlert,
     UnchargedUsage,
     note_balances,
     note_uncharged,
 )
-from metering.models import User
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys as keys
+from metering.ops.models import User
+from metering.ops.redis_client import AsyncRedis
 
 
 async def sync_halts(

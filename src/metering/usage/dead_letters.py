@@ -5,9 +5,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metering import keys
-from metering.events import STREAM_FIELD
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys as keys
+from metering.ops.redis_client import AsyncRedis
+from metering.usage.event import STREAM_FIELD
 from metering.usage.streams import fields, raw, text
 
 

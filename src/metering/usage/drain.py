@@ -21,12 +21,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import keys, metrics
-from metering.alerts import LowBalanceAlert
+from metering.budget.alerts import LowBalanceAlert
 from metering.errors import PermanentError
+from metering.ops import metrics
+from metering.ops import redis_keys as keys
+from metering.ops.redis_client import AsyncRedis
+from metering.ops.settings import Settings
 from metering.pricing import Catalog, get_catalog
-from metering.redis_client import AsyncRedis
-from metering.settings import Settings
 from metering.usage import acknowledge, balances, parse, price, record, streams
 from metering.usage.parse import CONFLICT_REASON, DeadLetter
 from metering.usage.price import Priced

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from metering.events import STREAM_FIELD, UsageEvent, parse_event
+from metering.usage.event import STREAM_FIELD, UsageEvent, parse_event
 from metering.usage.streams import Entry
 from metering.usage.window import OUTSIDE_WINDOW, window_start
 

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering import ledger
-from metering.alerts import UnchargedUsage
-from metering.db import run_in_transaction, session_scope
+from metering.budget.alerts import UnchargedUsage
 from metering.errors import PermanentError
+from metering.ops.db import run_in_transaction, session_scope
 from metering.pricing import charge_exact_credits
 from metering.pricing.money import whole_credits
 from metering.usage.parse import DeadLetter, Parsed, conflict

@@ -16,9 +16,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from metering import keys
-from metering.events import STREAM_FIELD
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_keys as keys
+from metering.ops.redis_client import AsyncRedis
+from metering.usage.event import STREAM_FIELD
 
 FORGET_CONSUMER_IDLE_MS = 24 * 3600 * 1000
 """A consumer with nothing pending that has not read for a day is removed from the group (a

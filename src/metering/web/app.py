@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from metering.db import create_engine, make_sessionmaker
-from metering.logs import configure_logging
-from metering.settings import Settings, get_settings
+from metering.ops.db import create_engine, make_sessionmaker
+from metering.ops.logs import configure_logging
+from metering.ops.settings import Settings, get_settings
 from metering.stripe.client import close_http_client, create_client, create_http_client
 from metering.web import checkout, errors, experiments, health, users, webhooks
 from metering.web.deps import Enqueue, WebState

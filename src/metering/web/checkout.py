@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from metering import accounts
-from metering.db import session_scope
+from metering.ops.db import session_scope
 from metering.stripe import checkout, purchases
 from metering.web.auth import require_api_token
 from metering.web.deps import State

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.errors import ConfigurationError
-from metering.settings import Settings
+from metering.ops.settings import Settings
 
 Enqueue = Callable[[str], None]
 """Sends a stored Stripe event's id to the `stripe` queue; blocking, so run in a thread."""

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from metering.accounts import NotFound
 from metering.errors import ConfigurationError, MeteringError, PermanentError
-from metering.logs import get_logger, redact_text
+from metering.ops.logs import get_logger, redact_text
 from metering.pricing import PricingError
 from metering.reports import InvalidQuery
 from metering.stripe import checkout as stripe_checkout

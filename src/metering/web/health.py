@@ -14,8 +14,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from metering import redis_client
-from metering.logs import get_logger, redact_text
+from metering.ops import redis_client
+from metering.ops.logs import get_logger, redact_text
 from metering.web.deps import State, WebState
 
 router = APIRouter(tags=["health"])

@@ -10,12 +10,12 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from metering import redis_client
-from metering.backlog import read_backlog
-from metering.ledger_status import read_status
-from metering.logs import get_logger
-from metering.metrics import CONTENT_TYPE, LedgerCollector, StreamCollector, render
-from metering.redis_client import AsyncRedis
+from metering.ops import redis_client
+from metering.ops.logs import get_logger
+from metering.ops.metrics import CONTENT_TYPE, LedgerCollector, StreamCollector, render
+from metering.ops.reconcile_status import read_status
+from metering.ops.redis_client import AsyncRedis
+from metering.usage.stream_stats import read_backlog
 from metering.web.deps import State
 
 router = APIRouter(tags=["operations"])

@@ -13,7 +13,7 @@ from pydantic import AfterValidator
 MAX_USER_KEY = 320
 """Characters of a user id or email (an email address is at most 320)."""
 MAX_EXPERIMENT_ID = 128
-"""Characters of an experiment id: what a usage event may name (`events.Identifier`)."""
+"""Characters of an experiment id: what a usage event may name (`usage.event.Identifier`)."""
 
 UserKey = Annotated[
     str,

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from metering import reports
-from metering.db import session_scope
-from metering.models import TransactionType
+from metering.ops.db import session_scope
+from metering.ops.models import TransactionType
 from metering.pricing import get_catalog
 from metering.web import errors
 from metering.web.auth import require_api_token

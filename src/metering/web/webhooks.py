@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from metering.db import session_scope
 from metering.errors import ConfigurationError
-from metering.logs import get_logger
+from metering.ops.db import session_scope
+from metering.ops.logs import get_logger
 from metering.stripe.processing import describe
 from metering.stripe.webhooks import store_event, verify_event
 from metering.web.deps import State
@@ -51,7 +51,7 @@ async def receive_stripe_event(request: Request, state: State) -> dict[str, Any]
 def enqueue_with_celery(event_id: str) -> None:
     """Send `metering.stripe.process_event` to the `stripe` queue, with a short publish retry."""
     # Imported on first use: the Celery app reads settings when its module is imported.
-    from metering.celery_app import STRIPE_QUEUE
+    from metering.tasks.app import STRIPE_QUEUE
     from metering.tasks.stripe import process_event
 
     process_event.apply_async(
