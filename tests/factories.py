@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from metering import ledger
+from metering.ledger import charging, journal
 from metering.ops.models import MAACExperiment, TransactionType, User
 from metering.ops.settings import to_asyncpg_url
 
@@ -47,7 +47,7 @@ def drop_database(url: str) -> None:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-CALL = ledger.CallFacts(
+CALL = charging.CallFacts(
     provider="openai",
     model="gpt-4o-mini",
     tier="standard",
@@ -73,9 +73,9 @@ async def create_user(session: AsyncSession, credits: int = 0) -> str:
         insert(User).values(id=user_id, email=f"{user_id}@example.com", updated_at=func.now())
     )
     if credits:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(
+            journal.Posting(
                 user_id=user_id,
                 type=TransactionType.PURCHASE,
                 amount=credits,

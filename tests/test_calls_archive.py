@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import call_archive
-from metering.call_archive import COLUMNS, InsideWindow, archive_calls, record
+from metering.ledger import archive as call_archive
+from metering.ledger.archive import COLUMNS, InsideWindow, archive_calls, record
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import session_scope
 from metering.ops.models import ArchivedUsage
-from metering.reconcile import find_violations
 from tests.factories import create_experiment, create_user
 from tests.test_cli import metering
 from tests.usage_data import charge_events, event

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import journal
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
 from tests.factories import create_experiment, create_user, unique
@@ -23,9 +23,9 @@ async def account(sessions: Sessions) -> dict[str, Any]:
         user_id = await create_user(session, 100_000)
         experiment_id = await create_experiment(session, user_id)
         for amount in (-7, 9):
-            await ledger.post(
+            await journal.post(
                 session,
-                ledger.Posting(user_id, TransactionType.ADJUSTMENT, amount, "fix", unique("k")),
+                journal.Posting(user_id, TransactionType.ADJUSTMENT, amount, "fix", unique("k")),
             )
         outcome, _ = await charge_events(session, [event(experiment_id, n) for n in range(6)])
     return {"user": user_id, "experiment": experiment_id, "charged": -sum(outcome.amounts.values())}

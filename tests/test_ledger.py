@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import charging, journal
+from metering.ledger.reconcile import Violation, find_violations
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.ops.models import (
     CreditTransaction,
@@ -19,7 +20,6 @@ from metering.ops.models import (
     UsageCall,
     User,
 )
-from metering.reconcile import Violation, find_violations
 from tests.factories import CALL, create_experiment, create_user, unique
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -30,8 +30,8 @@ def posting(
     amount: int,
     type_: TransactionType = TransactionType.ADJUSTMENT,
     key: str | None = None,
-) -> ledger.Posting:
-    return ledger.Posting(
+) -> journal.Posting:
+    return journal.Posting(
         user_id=user_id,
         type=type_,
         amount=amount,
@@ -73,9 +73,9 @@ async def test_sign_and_range_rules_reject_before_writing(
     sessions: Sessions, type_: TransactionType, amount: int
 ) -> None:
     user_id = await new_user(sessions, 100)
-    with pytest.raises(ledger.InvalidAmount):
+    with pytest.raises(journal.InvalidAmount):
         async with session_scope(sessions) as session:
-            await ledger.post(session, posting(user_id, amount, type_))
+            await journal.post(session, posting(user_id, amount, type_))
     assert await credits_of(sessions, user_id) == 100
 
 
@@ -94,25 +94,25 @@ async def test_allowed_amounts_move_the_balance(
 ) -> None:
     user_id = await new_user(sessions, 100)
     async with session_scope(sessions) as session:
-        posted = await ledger.post(session, posting(user_id, amount, type_))
+        posted = await journal.post(session, posting(user_id, amount, type_))
     assert posted.created
     assert await credits_of(sessions, user_id) == 100 + amount
 
 
 async def test_floats_and_bools_are_not_amounts() -> None:
-    with pytest.raises(ledger.InvalidAmount, match="whole number"):
-        ledger.check_amount(TransactionType.PURCHASE, 1.0)  # type: ignore[arg-type]
-    with pytest.raises(ledger.InvalidAmount, match="whole number"):
-        ledger.check_amount(TransactionType.PURCHASE, True)
+    with pytest.raises(journal.InvalidAmount, match="whole number"):
+        journal.check_amount(TransactionType.PURCHASE, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(journal.InvalidAmount, match="whole number"):
+        journal.check_amount(TransactionType.PURCHASE, True)
 
 
 async def test_same_key_returns_first_result_and_changes_nothing(sessions: Sessions) -> None:
     user_id = await new_user(sessions)
     key = unique("purchase")
     async with session_scope(sessions) as session:
-        first = await ledger.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
+        first = await journal.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
     async with session_scope(sessions) as session:
-        again = await ledger.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
+        again = await journal.post(session, posting(user_id, 500, TransactionType.PURCHASE, key))
     assert first.created
     assert not again.created
     assert again.transaction_id == first.transaction_id
@@ -122,9 +122,9 @@ async def test_same_key_returns_first_result_and_changes_nothing(sessions: Sessi
 
 async def test_balance_overflow_is_rejected_and_rolled_back(sessions: Sessions) -> None:
     user_id = await new_user(sessions, 2**31 - 10)
-    with pytest.raises(ledger.BalanceOverflow):
+    with pytest.raises(journal.BalanceOverflow):
         async with session_scope(sessions) as session:
-            await ledger.post(session, posting(user_id, 11, TransactionType.PURCHASE))
+            await journal.post(session, posting(user_id, 11, TransactionType.PURCHASE))
     async with session_scope(sessions) as session:
         rows = await session.scalar(
             select(func.count()).where(CreditTransaction.user_id == user_id)
@@ -134,9 +134,9 @@ async def test_balance_overflow_is_rejected_and_rolled_back(sessions: Sessions) 
 
 
 async def test_unknown_user_is_a_clear_error(sessions: Sessions) -> None:
-    with pytest.raises(ledger.UnknownUser, match="no user with id nobody"):
+    with pytest.raises(journal.UnknownUser, match="no user with id nobody"):
         async with session_scope(sessions) as session:
-            await ledger.post(session, posting("nobody", 5))
+            await journal.post(session, posting("nobody", 5))
 
 
 async def test_post_many_moves_each_user_once_and_dedupes_within_the_call(
@@ -145,7 +145,7 @@ async def test_post_many_moves_each_user_once_and_dedupes_within_the_call(
     alice, bob = await new_user(sessions, 10), await new_user(sessions, 10)
     shared_key = unique("key")
     async with session_scope(sessions) as session:
-        results = await ledger.post_many(
+        results = await journal.post_many(
             session,
             [
                 posting(alice, -3),
@@ -165,7 +165,7 @@ async def test_fifty_concurrent_debits_leave_the_exact_balance(sessions: Session
 
     async def debit(n: int) -> None:
         async def work(session: AsyncSession) -> None:
-            await ledger.post(session, posting(user_id, -(n + 1), TransactionType.USAGE))
+            await journal.post(session, posting(user_id, -(n + 1), TransactionType.USAGE))
 
         await run_in_transaction(sessions, work)
 
@@ -184,7 +184,9 @@ async def test_concurrent_batches_over_overlapping_users_do_not_deadlock(
         chosen = rng.sample(users, 4)
 
         async def work(session: AsyncSession) -> None:
-            await ledger.post_many(session, [posting(u, -1, TransactionType.USAGE) for u in chosen])
+            await journal.post_many(
+                session, [posting(u, -1, TransactionType.USAGE) for u in chosen]
+            )
 
         # attempts=1: a deadlock would surface as an error instead of being retried away.
         await run_in_transaction(sessions, work, attempts=1)
@@ -194,8 +196,8 @@ async def test_concurrent_batches_over_overlapping_users_do_not_deadlock(
     await assert_reconciled(sessions)
 
 
-def usage(experiment_id: str, exact: str, event_id: str | None = None) -> ledger.UsageCharge:
-    return ledger.UsageCharge(
+def usage(experiment_id: str, exact: str, event_id: str | None = None) -> charging.UsageCharge:
+    return charging.UsageCharge(
         event_id=event_id or unique("evt"),
         experiment_id=experiment_id,
         exact_credits=Decimal(exact),
@@ -223,7 +225,7 @@ async def test_a_batch_writes_one_usage_row_per_experiment_model_and_tier(
     batch = [usage(experiment_id, "0.4") for _ in range(3)]
     batch.append(replace(usage(experiment_id, "0.5"), call=other_model))
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, batch)
+        outcome = await charging.charge_usage(session, batch)
     assert sorted(outcome.charged) == sorted(c.event_id for c in batch)
     async with session_scope(sessions) as session:
         rows = (
@@ -262,10 +264,10 @@ async def test_usage_carry_charges_the_ceiling_of_the_exact_total(sessions: Sess
         experiment_id = await create_experiment(session, user_id)
     charges = [usage(experiment_id, "0.3") for _ in range(7)]
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, charges[:4])
+        outcome = await charging.charge_usage(session, charges[:4])
     assert [outcome.amounts[c.event_id] for c in charges[:4]] == [-1, 0, 0, -1]
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, charges[4:])
+        outcome = await charging.charge_usage(session, charges[4:])
     assert [outcome.amounts[c.event_id] for c in charges[4:]] == [0, 0, -1]
     assert outcome.balances == {user_id: 97}
     assert await experiment_state(sessions, experiment_id) == (3, Decimal("2.1"))
@@ -278,10 +280,10 @@ async def test_duplicate_events_are_skipped_by_the_database(sessions: Sessions) 
         experiment_id = await create_experiment(session, user_id)
     first = [usage(experiment_id, "1.5"), usage(experiment_id, "1.5")]
     async with session_scope(sessions) as session:
-        await ledger.charge_usage(session, first)
+        await charging.charge_usage(session, first)
     replay = [first[1], usage(experiment_id, "0.5"), first[0], first[1]]
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, replay)
+        outcome = await charging.charge_usage(session, replay)
     assert outcome.charged == [replay[1].event_id]
     assert outcome.duplicates == [first[1].event_id, first[0].event_id, first[1].event_id]
     assert await experiment_state(sessions, experiment_id) == (4, Decimal("3.5"))
@@ -295,7 +297,7 @@ async def test_usage_of_an_experiment_without_user_charges_nobody(sessions: Sess
     charge = usage(experiment_id, "2.2")
     for _ in range(2):
         async with session_scope(sessions) as session:
-            outcome = await ledger.charge_usage(session, [charge])
+            outcome = await charging.charge_usage(session, [charge])
     assert outcome.duplicates == [charge.event_id]
     assert await experiment_state(sessions, experiment_id) == (3, Decimal("2.2"))
     async with session_scope(sessions) as session:
@@ -311,13 +313,13 @@ async def test_an_unbilled_event_is_not_charged_once_a_user_is_set(sessions: Ses
         experiment_id = await create_experiment(session, None)
     charge = usage(experiment_id, "4")
     async with session_scope(sessions) as session:
-        await ledger.charge_usage(session, [charge])
+        await charging.charge_usage(session, [charge])
     async with session_scope(sessions) as session:
         experiment = await session.get(MAACExperiment, experiment_id)
         assert experiment is not None
         experiment.user_id = user_id
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, [charge])
+        outcome = await charging.charge_usage(session, [charge])
     assert outcome.duplicates == [charge.event_id]
     assert await credits_of(sessions, user_id) == 50
     await assert_reconciled(sessions)
@@ -329,7 +331,7 @@ async def test_unknown_experiments_are_returned_not_recorded(sessions: Sessions)
         experiment_id = await create_experiment(session, user_id)
     known, unknown = usage(experiment_id, "1"), usage("exp-missing", "1")
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, [unknown, known])
+        outcome = await charging.charge_usage(session, [unknown, known])
     assert outcome.unknown_experiments == [unknown.event_id]
     assert outcome.charged == [known.event_id]
     assert await credits_of(sessions, user_id) == 9
@@ -340,7 +342,7 @@ async def test_usage_may_take_a_balance_below_zero(sessions: Sessions) -> None:
         user_id = await create_user(session, 1)
         experiment_id = await create_experiment(session, user_id)
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, [usage(experiment_id, "5.01")])
+        outcome = await charging.charge_usage(session, [usage(experiment_id, "5.01")])
     assert outcome.balances == {user_id: -5}
     await assert_reconciled(sessions)
 
@@ -353,9 +355,9 @@ async def test_concurrent_usage_batches_on_one_experiment_charge_exactly_once(
         experiment_id = await create_experiment(session, user_id)
     charges = [usage(experiment_id, "0.25") for _ in range(40)]
 
-    async def deliver(batch: list[ledger.UsageCharge]) -> None:
+    async def deliver(batch: list[charging.UsageCharge]) -> None:
         async def work(session: AsyncSession) -> None:
-            await ledger.charge_usage(session, batch)
+            await charging.charge_usage(session, batch)
 
         await run_in_transaction(sessions, work)
 
@@ -374,7 +376,7 @@ async def test_reconcile_reports_every_kind_of_violation(migrated_database: str)
         async with session_scope(sessions) as session:
             user_id = await create_user(session, 100)
             experiment_id = await create_experiment(session, user_id)
-            await ledger.charge_usage(session, [usage(experiment_id, "2.5", "evt-twice")])
+            await charging.charge_usage(session, [usage(experiment_id, "2.5", "evt-twice")])
         assert await _violations(sessions) == []
         async with session_scope(sessions) as session:
             await session.execute(

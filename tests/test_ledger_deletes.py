@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import charging
+from metering.ledger.reconcile import Deletion, Violation, find_deletions, find_violations
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from metering.ops.models import MAACExperiment
-from metering.reconcile import Deletion, Violation, find_deletions, find_violations
 from tests.factories import create_experiment, create_user
 from tests.usage_data import charge_events, event
 
@@ -46,7 +46,7 @@ async def platform(sessions: Sessions, statement: str, **params: str) -> None:
         await session.execute(text(statement), params)
 
 
-async def charge(sessions: Sessions, documents: list[dict[str, object]]) -> ledger.UsageOutcome:
+async def charge(sessions: Sessions, documents: list[dict[str, object]]) -> charging.UsageOutcome:
     async with session_scope(sessions) as session:
         outcome, _ = await charge_events(session, documents)
         return outcome
@@ -138,7 +138,7 @@ async def test_a_deleted_experiment_is_reported_apart_and_its_events_stay_record
     await platform(sessions, 'DELETE FROM "MAACExperiment" WHERE id = :id', id=experiment_id)
 
     async with session_scope(sessions) as session:
-        again = await ledger.charge_usage(session, charges)
+        again = await charging.charge_usage(session, charges)
     assert again.unknown_experiments == [d["event_id"] for d in documents]
     assert again.charged == []
     assert await books(sessions) == (

@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import accounts, ledger
 from metering.errors import PermanentError
+from metering.ledger import accounts, charging, journal
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.ops.models import (
     CreditTransaction,
@@ -27,7 +28,6 @@ from metering.ops.models import (
     UnbilledUsage,
     User,
 )
-from metering.reconcile import find_violations
 from metering.usage.event import parse_event
 from tests.factories import CALL, create_experiment, create_user, unique
 
@@ -50,8 +50,8 @@ def usage(
     exact: str | Decimal,
     event_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> ledger.UsageCharge:
-    return ledger.UsageCharge(
+) -> charging.UsageCharge:
+    return charging.UsageCharge(
         event_id=event_id or unique("evt"),
         experiment_id=experiment_id,
         exact_credits=Decimal(exact),
@@ -60,15 +60,15 @@ def usage(
     )
 
 
-async def charge_alone(sessions: Sessions, charge: ledger.UsageCharge) -> ledger.UsageOutcome:
+async def charge_alone(sessions: Sessions, charge: charging.UsageCharge) -> charging.UsageOutcome:
     """Charge one event in a transaction of its own."""
     async with session_scope(sessions) as session:
-        return await ledger.charge_usage(session, [charge])
+        return await charging.charge_usage(session, [charge])
 
 
 async def charge_behind(
-    sessions: Sessions, charge: ledger.UsageCharge, statement: str, params: dict[str, str]
-) -> tuple[ledger.UsageOutcome | BaseException, str]:
+    sessions: Sessions, charge: charging.UsageCharge, statement: str, params: dict[str, str]
+) -> tuple[charging.UsageOutcome | BaseException, str]:
     """Charge `charge` while another transaction that ran `statement` holds its locks, and let
     that one commit once the charge waits. Returns the charge's outcome (or error) and the
     statement it was waiting in."""
@@ -165,7 +165,7 @@ async def test_operator_adjustment_is_posted_once_when_the_commit_reply_is_lost(
 
     key = unique("adjustment")  # made once, before any retry, as the CLI does
 
-    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+    async def work(session: AsyncSession) -> journal.PostedTransaction:
         return await accounts.adjust_user(session, user_id, 5, "goodwill", key, "alice")
 
     await run_in_transaction(flaky, work)
@@ -193,8 +193,8 @@ async def test_usage_amount_beyond_int32_is_refused_permanently_not_retried(
         user_id = await create_user(session, 100)
         experiment_id = await create_experiment(session, user_id)
 
-    async def work(session: AsyncSession) -> ledger.UsageOutcome:
-        return await ledger.charge_usage(session, [usage(experiment_id, str(2**31 + 5))])
+    async def work(session: AsyncSession) -> charging.UsageOutcome:
+        return await charging.charge_usage(session, [usage(experiment_id, str(2**31 + 5))])
 
     error = await error_of(run_in_transaction(sessions, work, attempts=2))
     assert isinstance(error, PermanentError), (
@@ -209,16 +209,16 @@ async def test_post_many_whose_summed_delta_exceeds_int32_while_the_balance_fits
     and must not need to."""
     async with session_scope(sessions) as session:
         user_id = await create_user(session)
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(user_id, TransactionType.ADJUSTMENT, -(2**31), "debt", unique("adj")),
+            journal.Posting(user_id, TransactionType.ADJUSTMENT, -(2**31), "debt", unique("adj")),
         )
     async with session_scope(sessions) as session:
-        await ledger.post_many(
+        await journal.post_many(
             session,
             [
-                ledger.Posting(user_id, TransactionType.PURCHASE, 2**31 - 1, "p", unique("p")),
-                ledger.Posting(user_id, TransactionType.PURCHASE, 1, "p", unique("p")),
+                journal.Posting(user_id, TransactionType.PURCHASE, 2**31 - 1, "p", unique("p")),
+                journal.Posting(user_id, TransactionType.PURCHASE, 1, "p", unique("p")),
             ],
         )
     assert await credits_of(sessions, user_id) == 0
@@ -250,8 +250,8 @@ async def test_usage_metadata_with_a_nul_character_is_a_permanent_refusal(
         experiment_id = await create_experiment(session, user_id)
     charge = usage(experiment_id, "1", metadata=event.metadata)
 
-    async def work(session: AsyncSession) -> ledger.UsageOutcome:
-        return await ledger.charge_usage(session, [charge])
+    async def work(session: AsyncSession) -> charging.UsageOutcome:
+        return await charging.charge_usage(session, [charge])
 
     error = await error_of(run_in_transaction(sessions, work, attempts=1))
     assert isinstance(error, PermanentError), f"got {error!r}"
@@ -268,7 +268,7 @@ async def test_usage_metadata_is_stored_as_given_beyond_64_bit_integers(
         experiment_id = await create_experiment(session, user_id)
     charge = usage(experiment_id, "1", metadata=metadata)
     async with session_scope(sessions) as session:
-        outcome = await ledger.charge_usage(session, [charge])
+        outcome = await charging.charge_usage(session, [charge])
     assert outcome.charged == [charge.event_id]
     async with session_scope(sessions) as session:
         stored = await session.scalar(
@@ -286,10 +286,10 @@ async def test_non_finite_usage_cost_is_an_invalid_amount(sessions: Sessions, ex
 
     async def charge_it() -> None:
         async with session_scope(sessions) as session:
-            await ledger.charge_usage(session, [usage(experiment_id, exact)])
+            await charging.charge_usage(session, [usage(experiment_id, exact)])
 
     error = await error_of(charge_it())
-    assert isinstance(error, ledger.InvalidAmount), f"got {error!r}"
+    assert isinstance(error, journal.InvalidAmount), f"got {error!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ async def test_a_deletion_while_a_batch_waits_to_lock_is_transient(
         sessions, charge, f'DELETE FROM "{deleted}" WHERE id = :id', {"id": row_id}
     )
     assert waiting.startswith(waits_in), waiting
-    assert isinstance(result, ledger.OwnerChanged), f"got {result!r}"
+    assert isinstance(result, charging.OwnerChanged), f"got {result!r}"
     retried = await charge_alone(sessions, charge)
     assert getattr(retried, retry_finds) == [charge.event_id]
     assert retried.charged == []
@@ -353,7 +353,7 @@ async def test_a_user_deleted_while_a_batch_of_theirs_runs_waits_for_the_batch(
         await wait_until_blocked_on_a_lock(sessions, backends=2)
         await holder.commit()
         outcome, deleted = await asyncio.gather(batch, deletion, return_exceptions=True)
-    assert isinstance(outcome, ledger.UsageOutcome), f"the batch failed: {outcome!r}"
+    assert isinstance(outcome, charging.UsageOutcome), f"the batch failed: {outcome!r}"
     assert deleted is None, f"the deletion failed: {deleted!r}"
     assert outcome.charged == [charge.event_id]
     async with session_scope(sessions) as session:
@@ -379,7 +379,7 @@ async def test_a_batch_writes_its_rows_before_waiting_for_its_users(sessions: Se
         sessions, charge, 'SELECT id FROM "User" WHERE id = :id FOR NO KEY UPDATE', {"id": user_id}
     )
     assert waiting.startswith('SELECT id, credits FROM "User"'), waiting
-    assert isinstance(outcome, ledger.UsageOutcome), f"got {outcome!r}"
+    assert isinstance(outcome, charging.UsageOutcome), f"got {outcome!r}"
     assert outcome.charged == [charge.event_id]
     assert outcome.balances == {user_id: 97}
     assert await credits_of(sessions, user_id) == 97
@@ -402,13 +402,13 @@ async def test_an_event_id_is_recorded_in_one_table_only_under_concurrency(
     event_id = unique("evt")
     first_experiment, second_experiment = (orphan, owned) if first_is_unbilled else (owned, orphan)
 
-    async def second_batch() -> ledger.UsageOutcome:
+    async def second_batch() -> charging.UsageOutcome:
         async with session_scope(sessions) as second:
-            return await ledger.charge_usage(second, [usage(second_experiment, "3", event_id)])
+            return await charging.charge_usage(second, [usage(second_experiment, "3", event_id)])
 
     async with sessions() as first:
         await first.begin()
-        await ledger.charge_usage(first, [usage(first_experiment, "3", event_id)])
+        await charging.charge_usage(first, [usage(first_experiment, "3", event_id)])
         task = asyncio.create_task(second_batch())
         await wait_until_blocked_on_a_lock(sessions)
         await first.commit()
@@ -437,9 +437,9 @@ async def test_exact_cost_finer_than_18_places_is_refused(private_sessions: Sess
     async with session_scope(private_sessions) as session:
         user_id = await create_user(session, 100)
         experiment_id = await create_experiment(session, user_id)
-    with pytest.raises(ledger.InvalidAmount, match="at most 18 decimal places"):
+    with pytest.raises(journal.InvalidAmount, match="at most 18 decimal places"):
         async with session_scope(private_sessions) as session:
-            await ledger.charge_usage(session, [usage(experiment_id, "1E-19")])
+            await charging.charge_usage(session, [usage(experiment_id, "1E-19")])
     async with session_scope(private_sessions) as session:
         assert await find_violations(session) == []
     assert await credits_of(private_sessions, user_id) == 100
@@ -453,11 +453,11 @@ async def test_post_refuses_usage_of_an_experiment(
     async with session_scope(private_sessions) as session:
         user_id = await create_user(session, 100)
         experiment_id = await create_experiment(session, user_id)
-    with pytest.raises(ledger.LedgerError, match="charge_usage"):
+    with pytest.raises(journal.LedgerError, match="charge_usage"):
         async with session_scope(private_sessions) as session:
-            await ledger.post(
+            await journal.post(
                 session,
-                ledger.Posting(
+                journal.Posting(
                     user_id,
                     TransactionType.USAGE,
                     -5,
@@ -500,9 +500,9 @@ async def test_post_many_batches_sharing_keys_in_another_order_do_not_deadlock(
 
     async def batch(user: str, ordered: list[str]) -> None:
         async def work(session: AsyncSession) -> None:
-            await ledger.post_many(
+            await journal.post_many(
                 session,
-                [ledger.Posting(user, TransactionType.PURCHASE, 1, "p", k) for k in ordered],
+                [journal.Posting(user, TransactionType.PURCHASE, 1, "p", k) for k in ordered],
             )
 
         await run_in_transaction(private_sessions, work, attempts=1)
@@ -517,15 +517,15 @@ async def test_post_many_batches_sharing_keys_in_another_order_do_not_deadlock(
 def test_a_payload_digest_compares_on_the_bytes_its_record_kept() -> None:
     digest = hashlib.sha256(b'{"event_id":"e-1"}').hexdigest()
     other = hashlib.sha256(b'{"event_id":"e-2"}').hexdigest()
-    kept = ledger.stored_digest(digest)
+    kept = charging.stored_digest(digest)
     assert kept is not None
-    assert len(kept) == ledger.DIGEST_BYTES
+    assert len(kept) == charging.DIGEST_BYTES
     older = bytes.fromhex(digest[:32])  # records written before keep 16 bytes
-    assert ledger.same_payload(kept, digest)
-    assert ledger.same_payload(older, digest)
-    assert not ledger.same_payload(kept, other)
-    assert not ledger.same_payload(older, other)
+    assert charging.same_payload(kept, digest)
+    assert charging.same_payload(older, digest)
+    assert not charging.same_payload(kept, other)
+    assert not charging.same_payload(older, other)
     changed_late = older[:12] + bytes([older[12] ^ 1]) + older[13:]
-    assert not ledger.same_payload(changed_late, digest)
-    assert ledger.same_payload(None, digest)
-    assert ledger.same_payload(kept, None)
+    assert not charging.same_payload(changed_late, digest)
+    assert charging.same_payload(None, digest)
+    assert charging.same_payload(kept, None)

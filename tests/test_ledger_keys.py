@@ -7,10 +7,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import journal
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import session_scope
 from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, User
-from metering.reconcile import find_violations
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event
 
@@ -38,9 +38,9 @@ async def assert_reconciled(sessions: Sessions) -> None:
         assert await find_violations(session) == []
 
 
-def refund(user_id: str, experiment_id: str, key: str, credits: int = 40) -> ledger.Posting:
+def refund(user_id: str, experiment_id: str, key: str, credits: int = 40) -> journal.Posting:
     """An operator's refund, as `metering refund` posts it."""
-    return ledger.Posting(
+    return journal.Posting(
         user_id=user_id,
         type=TransactionType.REFUND,
         amount=credits,
@@ -60,7 +60,7 @@ async def test_a_refund_keyed_by_a_charged_event_id_is_posted(sessions: Sessions
         outcome, _ = await charge_events(session, [document])
     charged = -outcome.amounts[document["event_id"]]
     async with session_scope(sessions) as session:
-        posted = await ledger.post(session, refund(user_id, experiment_id, document["event_id"]))
+        posted = await journal.post(session, refund(user_id, experiment_id, document["event_id"]))
     assert (posted.created, posted.type, posted.amount) == (True, TransactionType.REFUND, 40)
     assert await state(sessions, user_id, experiment_id) == (1_000 - charged + 40, charged)
     await assert_reconciled(sessions)
@@ -71,7 +71,7 @@ async def test_usage_whose_event_id_a_refund_took_first_is_charged(sessions: Ses
     user_id, experiment_id = await owned_experiment(sessions)
     document = event(experiment_id)
     async with session_scope(sessions) as session:
-        await ledger.post(session, refund(user_id, experiment_id, document["event_id"]))
+        await journal.post(session, refund(user_id, experiment_id, document["event_id"]))
     async with session_scope(sessions) as session:
         outcome, _ = await charge_events(session, [document])
     assert (outcome.charged, outcome.duplicates) == ([document["event_id"]], [])
@@ -87,15 +87,15 @@ async def test_one_caller_key_is_four_postings_of_four_kinds(sessions: Sessions)
     user_id, experiment_id = await owned_experiment(sessions, credits=0)
     key = unique("shared")
     postings = [
-        ledger.Posting(user_id, TransactionType.PURCHASE, 500, "p", key, stripe_payment_id="pi_1"),
-        ledger.Posting(
+        journal.Posting(user_id, TransactionType.PURCHASE, 500, "p", key, stripe_payment_id="pi_1"),
+        journal.Posting(
             user_id, TransactionType.ADJUSTMENT, -50, "c", key, stripe_payment_id="pi_1"
         ),
-        ledger.Posting(user_id, TransactionType.ADJUSTMENT, 7, "o", key),
+        journal.Posting(user_id, TransactionType.ADJUSTMENT, 7, "o", key),
     ]
     for _ in range(2):
         async with session_scope(sessions) as session:
-            posted = await ledger.post_many(session, postings)
+            posted = await journal.post_many(session, postings)
             outcome, _ = await charge_events(session, [event(experiment_id, event_id=key)])
     assert [p.created for p in posted] == [False, False, False]
     assert outcome.duplicates == [key]
@@ -125,7 +125,7 @@ async def test_a_key_posted_again_as_another_posting_is_refused(
     key = unique("ticket")
     first = refund(user_id, experiment_id, key)
     async with session_scope(sessions) as session:
-        posted = await ledger.post(session, first)
+        posted = await journal.post(session, first)
     other = {
         "amount": 41,
         "type": TransactionType.ADJUSTMENT,
@@ -133,16 +133,16 @@ async def test_a_key_posted_again_as_another_posting_is_refused(
         "experiment_id": other_experiment,
     }
     again = dataclasses.replace(first, **{changed: other[changed]})
-    with pytest.raises(ledger.KeyConflict) as refused:
+    with pytest.raises(journal.KeyConflict) as refused:
         async with session_scope(sessions) as session:
-            await ledger.post(session, again)
+            await journal.post(session, again)
     assert str(refused.value) == (
         f"idempotency key 'operator:{key}' was already posted as REFUND of +40 credits to user "
         f"{user_id} for experiment {experiment_id} (transaction {posted.transaction_id}); "
         f"refusing {again.describe()} under the same key"
     )
     async with session_scope(sessions) as session:
-        retried = await ledger.post(session, first)
+        retried = await journal.post(session, first)
     assert (retried.created, retried.transaction_id) == (False, posted.transaction_id)
     assert (await state(sessions, user_id, experiment_id))[0] == 1_040
     assert (await state(sessions, other_user, other_experiment))[0] == 1_000
@@ -152,18 +152,18 @@ async def test_a_key_posted_again_as_another_posting_is_refused(
 async def test_two_postings_of_one_key_in_one_call_must_be_the_same(sessions: Sessions) -> None:
     user_id, _ = await owned_experiment(sessions)
     key = unique("k")
-    same = ledger.Posting(user_id, TransactionType.ADJUSTMENT, 5, "a", key)
+    same = journal.Posting(user_id, TransactionType.ADJUSTMENT, 5, "a", key)
     async with session_scope(sessions) as session:
-        first, second = await ledger.post_many(session, [same, same])
+        first, second = await journal.post_many(session, [same, same])
     assert first == second
-    with pytest.raises(ledger.KeyConflict, match="earlier in this call"):
+    with pytest.raises(journal.KeyConflict, match="earlier in this call"):
         async with session_scope(sessions) as session:
-            await ledger.post_many(
+            await journal.post_many(
                 session,
                 [
-                    ledger.Posting(user_id, TransactionType.ADJUSTMENT, 6, "a", unique("k")),
-                    ledger.Posting(user_id, TransactionType.ADJUSTMENT, 6, "a", key + "-b"),
-                    ledger.Posting(user_id, TransactionType.ADJUSTMENT, -6, "a", key + "-b"),
+                    journal.Posting(user_id, TransactionType.ADJUSTMENT, 6, "a", unique("k")),
+                    journal.Posting(user_id, TransactionType.ADJUSTMENT, 6, "a", key + "-b"),
+                    journal.Posting(user_id, TransactionType.ADJUSTMENT, -6, "a", key + "-b"),
                 ],
             )
     async with session_scope(sessions) as session:
@@ -179,11 +179,11 @@ async def test_usage_refused_where_a_usage_posting_took_its_key(sessions: Sessio
     user_id, experiment_id = await owned_experiment(sessions)
     document = event(experiment_id)
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(user_id, TransactionType.USAGE, -3, "manual", document["event_id"]),
+            journal.Posting(user_id, TransactionType.USAGE, -3, "manual", document["event_id"]),
         )
-    with pytest.raises(ledger.KeyConflict, match=document["event_id"]):
+    with pytest.raises(journal.KeyConflict, match=document["event_id"]):
         async with session_scope(sessions) as session:
             await charge_events(session, [document])
     assert await state(sessions, user_id, experiment_id) == (997, 0)

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import ledger
+from metering.ledger import charging, journal
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.ops.models import MAACExperiment, TransactionType, User
 from metering.pricing.money import whole_credits
-from metering.reconcile import find_violations
 from tests.factories import CALL, create_experiment, create_user, unique
 
 USERS = 3
@@ -72,17 +72,17 @@ async def _run(
                             -amount if negative and type_ is TransactionType.ADJUSTMENT else amount
                         )
                         postings.append(
-                            ledger.Posting(users[user], type_, signed, "p", f"{run_id}-{key}")
+                            journal.Posting(users[user], type_, signed, "p", f"{run_id}-{key}")
                         )
                     else:
                         _, experiment, exact = op
                         charges.append(
-                            ledger.UsageCharge(
+                            charging.UsageCharge(
                                 f"{run_id}-{key}", experiments[experiment], exact, CALL
                             )
                         )
-                await ledger.charge_usage(session, charges)
-                await ledger.post_many(session, postings)
+                await charging.charge_usage(session, charges)
+                await journal.post_many(session, postings)
 
             await run_in_transaction(sessions, work)
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import accounts, ledger, reports
 from metering.budget import estimates
+from metering.ledger import accounts, journal, reports
 from metering.ops.db import session_scope
 from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType
 from metering.pricing import EstimateItem, UnknownModel, get_catalog
@@ -26,9 +26,9 @@ CATALOG = get_catalog(None)
 async def post(sessions: Sessions, user_id: str, type_: TransactionType, amount: int) -> None:
     """One row in its own transaction, so each row gets its own `createdAt`."""
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(user_id, type_, amount, "test", unique("key")),
+            journal.Posting(user_id, type_, amount, "test", unique("key")),
         )
 
 
@@ -75,9 +75,9 @@ async def test_pages_walk_every_row_once_newest_first(sessions: Sessions) -> Non
         user_id = await create_user(session, 100)
         # Rows of one transaction share createdAt: the id breaks the tie.
         for amount in (1, 2, 3):
-            await ledger.post(
+            await journal.post(
                 session,
-                ledger.Posting(user_id, TransactionType.ADJUSTMENT, amount, "t", unique("k")),
+                journal.Posting(user_id, TransactionType.ADJUSTMENT, amount, "t", unique("k")),
             )
     for amount in (-5, 7, -9, 11):
         await post(sessions, user_id, TransactionType.ADJUSTMENT, amount)

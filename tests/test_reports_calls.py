@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger, reports
+from metering.ledger import charging, reports
 from metering.ops.db import session_scope
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
@@ -59,7 +59,8 @@ def mixed(experiment_id: str) -> list[dict[str, Any]]:
 
 
 def expected_groups(
-    docs: list[dict[str, Any]], charged: list[tuple[ledger.UsageOutcome, list[ledger.UsageCharge]]]
+    docs: list[dict[str, Any]],
+    charged: list[tuple[charging.UsageOutcome, list[charging.UsageCharge]]],
 ) -> dict[str, tuple[Any, ...]]:
     """Calls, USD, exact credits and credits by `provider/model`, summed call by call: each call
     priced alone at its own time, charged what the ledger said when it was charged."""

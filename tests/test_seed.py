@@ -7,10 +7,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import accounts
+from metering.ledger import accounts
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
 from metering.ops.models import CreditTransaction, TransactionType, User
-from metering.reconcile import find_violations
 
 # What `prisma.user.create` of the seed document sends: the user and its nested purchase in one
 # transaction, ids and updatedAt made by the client, no idempotency key.

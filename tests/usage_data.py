@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import ledger
+from metering.ledger import charging
 from metering.ops.models import MAACExperiment
 from metering.pricing import get_catalog
 from metering.usage.parse import parse_entries
@@ -25,7 +25,7 @@ async def charge_events(
     *,
     markup: Decimal = Decimal(1),
     platform_fee: Decimal = Decimal(0),
-) -> tuple[ledger.UsageOutcome, list[ledger.UsageCharge]]:
+) -> tuple[charging.UsageOutcome, list[charging.UsageCharge]]:
     """Price and charge these events in the caller's transaction; every one must be priced."""
     entries = [Entry("s", f"1-{n}", raw(document)) for n, document in enumerate(documents)]
     parsed, dead, _ = parse_entries(entries)
@@ -39,4 +39,4 @@ async def charge_events(
     modes = {experiment_id: mode for experiment_id, mode in rows}
     charges, refused = to_charges(priced, modes, markup, platform_fee)
     assert dead == unpriced == refused == []
-    return await ledger.charge_usage(session, charges), charges
+    return await charging.charge_usage(session, charges), charges

@@ -17,9 +17,9 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import ledger
 from metering.bench import ceiling, environment, verify, workload
 from metering.bench.storage import TABLES as STORAGE_TABLES
+from metering.ledger import charging
 from metering.ops.db import session_scope
 from tests.factories import SERVER_URL
 from tests.support import REDIS_URL
@@ -145,8 +145,8 @@ async def test_the_run_leaves_no_database_and_no_keys(
         client.close()
 
 
-async def _charge(session: AsyncSession, charges: list[ledger.UsageCharge]) -> None:
-    await ledger.charge_usage(session, charges)
+async def _charge(session: AsyncSession, charges: list[charging.UsageCharge]) -> None:
+    await charging.charge_usage(session, charges)
 
 
 async def test_the_check_finds_a_missing_and_a_doubled_charge(sessions: Sessions) -> None:

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import ledger
+from metering.ledger import journal
 from metering.ops import redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction
 from metering.ops.models import TransactionType
@@ -99,14 +99,14 @@ async def test_fifty_concurrent_debits_and_a_purchase_on_one_user(
     batches = [_entries(prefix, books.events(1, random.Random(n))) for n in range(DEBITS)]
 
     async def purchase() -> None:
-        posting = ledger.Posting(
+        posting = journal.Posting(
             user_id=user_id,
             type=TransactionType.PURCHASE,
             amount=PURCHASE,
             description="bought during a run",
             idempotency_key=unique("cs"),
         )
-        await run_in_transaction(wide, lambda session: ledger.post(session, posting))
+        await run_in_transaction(wide, lambda session: journal.post(session, posting))
 
     work = [drain.process_batch(redis, wide, config, batch) for batch in batches]
     work.insert(DEBITS // 2, purchase())

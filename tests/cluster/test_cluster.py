@@ -21,8 +21,8 @@ import redis.asyncio.cluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from metering import ledger
 from metering.budget import halt
+from metering.ledger import journal
 from metering.ops import redis_client, redis_keys
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
@@ -196,9 +196,9 @@ async def test_halt_flags_are_raised_and_lifted_on_the_cluster(
         assert await AsyncEmitter(client, prefix=prefix).should_stop(experiment_id)
 
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(
+            journal.Posting(
                 user_id=user_id,
                 type=TransactionType.PURCHASE,
                 amount=500,

@@ -14,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from metering import ledger
 from metering.budget import alerts, halt
-from metering.ledger import INT32_MIN
+from metering.ledger import journal
+from metering.ledger.journal import INT32_MIN
 from metering.ops import redis_keys
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
@@ -178,9 +178,9 @@ async def indebted_user(sessions: Sessions, credits: int) -> tuple[str, str]:
     """A user whose balance is `credits` (reached through an ADJUSTMENT) and an experiment."""
     async with session_scope(sessions) as session:
         user_id = await create_user(session)
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(user_id, TransactionType.ADJUSTMENT, credits, "debt", unique("debt")),
+            journal.Posting(user_id, TransactionType.ADJUSTMENT, credits, "debt", unique("debt")),
         )
         return user_id, await create_experiment(session, user_id)
 
@@ -295,9 +295,9 @@ async def test_the_floor_halts_and_alerts_and_the_int32_limit_leaves_nothing_sil
 
     # Nothing is lost: after a top-up, the dead letters replay and are charged once.
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(edge_user, TransactionType.ADJUSTMENT, 10_000, "top-up", unique("top")),
+            journal.Posting(edge_user, TransactionType.ADJUSTMENT, 10_000, "top-up", unique("top")),
         )
     await dead_letters.replay_dead_letters(redis, ops_prefix, 1, letters)
     with running_worker("usage", env=env):
@@ -320,9 +320,9 @@ async def test_the_floor_alert_is_rearmed_once_the_balance_is_above_it(
     assert await alerts.note_balances(redis, ops_prefix, below, THRESHOLD) == []
 
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(user_id, TransactionType.ADJUSTMENT, 2, "settle", unique("settle")),
+            journal.Posting(user_id, TransactionType.ADJUSTMENT, 2, "settle", unique("settle")),
         )
     # Above the floor, still below the low-balance threshold: only the floor alert re-arms.
     assert not await alerts.rearm_if_recovered(redis, sessions, ops_prefix, user_id, THRESHOLD)

@@ -11,14 +11,14 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import ledger
 from metering.errors import PermanentError
+from metering.ledger import charging, journal
+from metering.ledger.reconcile import find_violations
 from metering.ops import migrate
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from metering.ops.models import Base, CreditTransaction, TransactionType, UsageCall, User
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
-from metering.reconcile import find_violations
 from metering.usage.parse import parse_entries
 from metering.usage.price import price_events, to_charges
 from metering.usage.streams import Entry
@@ -179,7 +179,7 @@ async def _scalars(url: str, *statements: str) -> list[Any]:
         await engine.dispose()
 
 
-def _old_usage_row(charge: ledger.UsageCharge, user_id: str, amount: int) -> dict[str, Any]:
+def _old_usage_row(charge: charging.UsageCharge, user_id: str, amount: int) -> dict[str, Any]:
     """A USAGE row as the ledger wrote it before 0003: keyed by the bare event id."""
     return {
         "id": f"tx-{charge.event_id}",
@@ -191,7 +191,7 @@ def _old_usage_row(charge: ledger.UsageCharge, user_id: str, amount: int) -> dic
     }
 
 
-def _old_metadata(charge: ledger.UsageCharge) -> dict[str, Any]:
+def _old_metadata(charge: charging.UsageCharge) -> dict[str, Any]:
     """The metadata of a per-call USAGE row as the ledger wrote it before 0005."""
     call = charge.call
     return {
@@ -266,10 +266,10 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
     try:
         async with session_scope(sessions) as session:
             outcome, _ = await charge_events(session, [billed, unbilled])
-            reposted = await ledger.post_many(
+            reposted = await journal.post_many(
                 session,
                 [
-                    ledger.Posting(
+                    journal.Posting(
                         "u-old",
                         TransactionType.PURCHASE,
                         1000,
@@ -277,7 +277,7 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
                         "cs_old",
                         stripe_payment_id="pi_old",
                     ),
-                    ledger.Posting(
+                    journal.Posting(
                         "u-old",
                         TransactionType.ADJUSTMENT,
                         -100,
@@ -285,7 +285,7 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
                         "ch_old:refunded:100",
                         stripe_payment_id="pi_old",
                     ),
-                    ledger.Posting("u-old", TransactionType.ADJUSTMENT, 5, "o", "ticket-1"),
+                    journal.Posting("u-old", TransactionType.ADJUSTMENT, 5, "o", "ticket-1"),
                 ],
             )
         assert outcome.duplicates == [billed["event_id"], unbilled["event_id"]]
@@ -333,7 +333,7 @@ async def test_rows_written_before_0003_are_still_found_after_it(empty_database:
             facts.catalog_version,
         )
         assert call.payload_digest is not None
-        assert ledger.same_payload(call.payload_digest, facts.payload_digest)
+        assert charging.same_payload(call.payload_digest, facts.payload_digest)
         assert (orphan_call.user_id, orphan_call.credits) == (None, orphan_used)
     finally:
         await engine.dispose()

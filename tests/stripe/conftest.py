@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import session_scope
-from metering.reconcile import find_violations
 from tests.factories import create_user
 
 

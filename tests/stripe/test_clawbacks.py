@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import journal
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from metering.ops.models import CreditTransaction, StripeEvent, TransactionType
-from metering.reconcile import find_violations
 from metering.stripe import processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.webhooks import ReceivedEvent, store_event
@@ -298,9 +298,9 @@ async def test_a_key_taken_by_an_earlier_row_still_ends_within_the_purchase(
     pi = checkout["payment_intent"]
     await deliver(sessions, event("checkout.session.completed", checkout))
     async with session_scope(sessions) as session:
-        await ledger.post(
+        await journal.post(
             session,
-            ledger.Posting(
+            journal.Posting(
                 user_id=user_id,
                 type=TransactionType.ADJUSTMENT,
                 amount=-1_000,

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from metering.ledger.reconcile import find_violations
 from metering.ops.models import MAACExperiment, UsageCall, User
 from metering.pricing import charge_exact_credits, get_catalog
 from metering.pricing.money import whole_credits
-from metering.reconcile import find_violations
 from metering.usage.event import UsageEvent
 from metering.usage.price import token_usage
 

@@ -12,9 +12,9 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from metering.ledger.reconcile import find_violations
 from metering.ops.db import session_scope
 from metering.ops.settings import Settings
-from metering.reconcile import find_violations
 from metering.web import create_app
 from tests.stripe import deliveries
 from tests.web.helpers import API_TOKEN, FRONTEND_URL, SECRET_KEY, Queue, StandIn, serve

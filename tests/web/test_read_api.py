@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
+from metering.ledger import journal
 from metering.ops.db import session_scope
 from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType
 from metering.ops.settings import Settings
@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 async def post(sessions: Sessions, user_id: str, type_: TransactionType, amount: int) -> None:
     async with session_scope(sessions) as session:
-        await ledger.post(session, ledger.Posting(user_id, type_, amount, "web", unique("key")))
+        await journal.post(session, journal.Posting(user_id, type_, amount, "web", unique("key")))
 
 
 async def new_user(sessions: Sessions, credits: int) -> str:

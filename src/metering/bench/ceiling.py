@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from metering import ledger
 from metering.bench.workload import USER_CREDITS, Population, Workload
+from metering.ledger import charging
 from metering.ops.settings import to_asyncpg_url
 from metering.pricing import get_catalog
 from metering.pricing.money import whole_credits
@@ -82,7 +82,7 @@ class CeilingRun:
     """Credits taken from the users in all (whole credits per experiment and batch)."""
 
 
-def price(work: Workload, markup: Decimal, fee: Decimal) -> list[ledger.UsageCharge]:
+def price(work: Workload, markup: Decimal, fee: Decimal) -> list[charging.UsageCharge]:
     """The workload's entries as priced charges, in publish order, a retried call as often as it
     was sent (raises if any cannot be charged)."""
     entries = [Entry("", f"0-{n}", {"event": payload}) for n, payload in enumerate(work.payloads)]
@@ -96,9 +96,9 @@ def price(work: Workload, markup: Decimal, fee: Decimal) -> list[ledger.UsageCha
     return charges
 
 
-def distinct(charges: Iterable[ledger.UsageCharge]) -> list[ledger.UsageCharge]:
+def distinct(charges: Iterable[charging.UsageCharge]) -> list[charging.UsageCharge]:
     """The first charge of each event id: the calls, each once."""
-    first: dict[str, ledger.UsageCharge] = {}
+    first: dict[str, charging.UsageCharge] = {}
     for charge in charges:
         first.setdefault(charge.event_id, charge)
     return list(first.values())
@@ -107,7 +107,7 @@ def distinct(charges: Iterable[ledger.UsageCharge]) -> list[ledger.UsageCharge]:
 async def run(
     database_url: str,
     people: Population,
-    calls: Sequence[ledger.UsageCharge],
+    calls: Sequence[charging.UsageCharge],
     batch_size: int,
     method: str,
 ) -> CeilingRun:
@@ -189,7 +189,9 @@ async def _connect(database_url: str) -> AsyncIterator[Any]:
         await engine.dispose()
 
 
-def _rows(calls: Sequence[ledger.UsageCharge], owners: Mapping[str, str]) -> list[tuple[Any, ...]]:
+def _rows(
+    calls: Sequence[charging.UsageCharge], owners: Mapping[str, str]
+) -> list[tuple[Any, ...]]:
     return [
         (
             c.event_id,
@@ -211,7 +213,7 @@ def _rows(calls: Sequence[ledger.UsageCharge], owners: Mapping[str, str]) -> lis
 
 
 def _deltas(
-    calls: Sequence[ledger.UsageCharge], owners: Mapping[str, str]
+    calls: Sequence[charging.UsageCharge], owners: Mapping[str, str]
 ) -> tuple[dict[str, int], dict[str, tuple[int, Decimal]]]:
     """Per user, the credits a batch takes; per experiment, (credits, exact credits). Sorted by
     id, the order the ledger locks rows in."""

@@ -22,8 +22,8 @@ from redis import Redis
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from metering import ledger
 from metering.bench.workload import USER_CREDITS, Population
+from metering.ledger import journal
 from metering.ops import migrate
 from metering.ops.models import MAACExperiment, TransactionType, User
 from metering.ops.settings import to_asyncpg_url
@@ -111,10 +111,10 @@ async def seed(session: AsyncSession, people: Population) -> None:
         insert(User).values(updated_at=func.now()),
         [{"id": u, "email": f"{u}@bench.invalid"} for u in people.users],
     )
-    await ledger.post_many(
+    await journal.post_many(
         session,
         [
-            ledger.Posting(
+            journal.Posting(
                 user_id=user_id,
                 type=TransactionType.PURCHASE,
                 amount=USER_CREDITS,

@@ -17,8 +17,8 @@ from celery.signals import worker_ready
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
 from metering.errors import PermanentError, TransientError
+from metering.ledger import charging, journal
 from metering.ops.db import run_in_transaction
 from metering.ops.ids import cuid
 from metering.ops.settings import Settings, get_settings
@@ -112,7 +112,7 @@ async def charge(
         )
         amount = -credits_due(experiment.exact, usage.exact_credits)
         call = usage.call
-        row = ledger.UsageGroup(
+        row = charging.UsageGroup(
             event.experiment_id,
             call.provider,
             call.model,
@@ -130,7 +130,7 @@ async def charge(
                 "amount": amount,
                 "description": row.description(),
                 "metadata": json.dumps(row.metadata(), separators=(",", ":")),
-                "key": ledger.stored_key(ledger.KeyKind.USAGE, usage.event_id),
+                "key": journal.stored_key(journal.KeyKind.USAGE, usage.event_id),
                 "experiment_id": event.experiment_id,
             },
         )
@@ -154,7 +154,7 @@ async def charge(
                 "credits": -amount,
                 "occurred_at": call.occurred_at.astimezone(UTC).replace(tzinfo=None),
                 "catalog_version": call.catalog_version,
-                "digest": ledger.stored_digest(call.payload_digest),
+                "digest": charging.stored_digest(call.payload_digest),
             },
         )
         await session.execute(_DEBIT, {"amount": amount, "id": experiment.user_id})

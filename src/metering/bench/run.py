@@ -24,7 +24,6 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import ledger
 from metering.bench import (
     ceiling,
     cpu,
@@ -40,6 +39,7 @@ from metering.bench import (
 )
 from metering.bench.environment import Services
 from metering.bench.pipeline import AckObserver, PipelineSettings, RssSampler
+from metering.ledger import charging
 from metering.ops import redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from metering.ops.settings import get_settings
@@ -171,7 +171,7 @@ async def _phases(
     ledger_run = await ledger_path.run(services.database_url, charges, settings_.batch_size)
     cpu_after = cpu.read(groups, time.monotonic())
     figures["ledger_path"] = {
-        "note": "ledger.charge_usage on one connection, for information: not the ceiling",
+        "note": "charging.charge_usage on one connection, for information: not the ceiling",
         "rows": ledger_run.rows,
         "seconds": round(ledger_run.seconds, 3),
         "rows_per_s": round(ledger_run.rows / ledger_run.seconds, 1),
@@ -283,7 +283,7 @@ def _pipeline_settings(options: Options) -> PipelineSettings:
 async def _ceiling(
     database_url: str,
     people: workload.Population,
-    calls: list[ledger.UsageCharge],
+    calls: list[charging.UsageCharge],
     batch_size: int,
     expected: dict[str, verify.Expected],
     say: Progress,

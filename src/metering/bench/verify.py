@@ -17,11 +17,11 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from metering import ledger
 from metering.bench.ceiling import price
 from metering.bench.workload import USER_CREDITS, Population, Workload
+from metering.ledger import charging
+from metering.ledger.reconcile import find_violations
 from metering.pricing.money import whole_credits
-from metering.reconcile import find_violations
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Expected:
     exact: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     seen: set[str] = field(default_factory=set)
 
-    def add(self, charges: Iterable[ledger.UsageCharge]) -> "Expected":
+    def add(self, charges: Iterable[charging.UsageCharge]) -> "Expected":
         """Count each event id once, however many chunks it appears in."""
         for charge in charges:
             if charge.event_id not in self.seen:

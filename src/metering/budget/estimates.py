@@ -12,8 +12,8 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts
-from metering.ledger import INT32_MAX
+from metering.ledger import accounts
+from metering.ledger.journal import INT32_MAX
 from metering.ops.models import MAACExperiment, User
 from metering.pricing import Catalog, EstimateItem, InvalidUsage, estimate_credits
 

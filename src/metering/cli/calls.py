@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from metering.call_archive import ArchiveResult, archive_calls, check_cutoff
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.reports import jsonable, parse_time
+from metering.ledger.archive import ArchiveResult, archive_calls, check_cutoff
 from metering.ops.db import create_engine, make_sessionmaker
 from metering.ops.migrate import check_database
 from metering.ops.settings import get_settings

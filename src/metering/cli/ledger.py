@@ -9,21 +9,21 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts, ledger
 from metering.budget import halt
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json, run
+from metering.ledger import accounts, journal
+from metering.ledger.reconcile import Deletion, Violation, find_deletions, find_violations
 from metering.ops import redis_client
 from metering.ops.db import create_engine, make_sessionmaker
 from metering.ops.reconcile_status import record_reconcile
 from metering.ops.settings import get_settings
 from metering.pricing.money import USD_PER_CREDIT
-from metering.reconcile import Deletion, Violation, find_deletions, find_violations
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 
 
-def _report_posting(posted: ledger.PostedTransaction, as_json: bool) -> None:
+def _report_posting(posted: journal.PostedTransaction, as_json: bool) -> None:
     if as_json:
         print_json(asdict(posted))
     elif posted.created:
@@ -144,7 +144,7 @@ def refund(
 ) -> None:
     """Give credits back to an experiment's owner (a REFUND transaction), once per key."""
 
-    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+    async def work(session: AsyncSession) -> journal.PostedTransaction:
         return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
 
     posted = in_database(work)
@@ -163,7 +163,7 @@ def adjust(
 ) -> None:
     """Correct a user's balance (an ADJUSTMENT transaction), once per key."""
 
-    async def work(session: AsyncSession) -> ledger.PostedTransaction:
+    async def work(session: AsyncSession) -> journal.PostedTransaction:
         return await accounts.adjust_user(session, user, credits, reason, key, operator)
 
     posted = in_database(work)

@@ -19,18 +19,18 @@ from rich.table import Table
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts
 from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.stack import DATA_DIR, local_stack
 from metering.dev.processes import ProcessGroup, celery_command
+from metering.ledger import accounts
+from metering.ledger.reconcile import find_violations
 from metering.ops import migrate, redis_client, redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
 from metering.ops.models import MAACExperiment, UsageCall
 from metering.ops.redis_client import AsyncRedis, ClusterBrokerError
 from metering.ops.settings import get_settings
 from metering.pricing.money import USD_PER_CREDIT
-from metering.reconcile import find_violations
 from metering.usage import dead_letters
 from metering.usage.event import UsageEvent
 from metering.usage.producer import AsyncEmitter

@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import reports
 from metering.cli.app import app
 from metering.cli.common import console, errors, fail, in_database, print_json
+from metering.ledger import reports
 from metering.ops.models import TransactionType
 from metering.ops.settings import get_settings
 from metering.pricing import get_catalog

@@ -12,12 +12,12 @@ from pathlib import Path
 import typer
 from sqlalchemy import make_url
 
-from metering import accounts
 from metering.cli.app import app
 from metering.cli.common import console, in_database, run
 from metering.dev.embedded import DEFAULT_DATA_DIR, Services, local_services
 from metering.dev.processes import ProcessGroup, celery_command
 from metering.dev.stack import STACK, WEB_APP
+from metering.ledger import accounts
 from metering.ops import migrate
 from metering.ops.settings import get_settings, to_asyncpg_url
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from metering import ledger
+from metering.ledger import journal
 from metering.ops.logs import get_logger
 from metering.ops.models import TransactionType
 from metering.stripe import reversals
@@ -35,7 +35,7 @@ _WHAT = {Kind.REFUND: "refund", Kind.DISPUTE: "dispute", Kind.UNNAMED: "refunds 
 class Settled:
     """The rows one event posted; `credits` is their sum (< 0: clawed back, > 0: given back)."""
 
-    posted: list[ledger.PostedTransaction]
+    posted: list[journal.PostedTransaction]
 
     @property
     def credits(self) -> int:
@@ -77,7 +77,7 @@ async def _post_towards(
     reversal: Reversal,
     key: str,
     held: int,
-) -> ledger.PostedTransaction | None:
+) -> journal.PostedTransaction | None:
     """Post the ADJUSTMENT that brings the payment's net clawback to the credits of `held` cents.
 
     A key already holding a row of an earlier version is never reused: what is left goes under a
@@ -89,9 +89,9 @@ async def _post_towards(
         if amount == 0:
             return None
         try:
-            row = await ledger.post(
+            row = await journal.post(
                 session,
-                ledger.Posting(
+                journal.Posting(
                     user_id=purchase.user_id,
                     type=TransactionType.ADJUSTMENT,
                     amount=amount,
@@ -110,12 +110,12 @@ async def _post_towards(
                     stripe_payment_id=payment_intent,
                 ),
             )
-        except ledger.KeyConflict:
+        except journal.KeyConflict:
             row = None
         if row is not None and row.created:
             return row
         log.warning("clawback key taken by an earlier row", key=attempt_key)
-    raise ledger.KeyConflict(f"clawback keys {key!r} and its successor are both taken")
+    raise journal.KeyConflict(f"clawback keys {key!r} and its successor are both taken")
 
 
 async def payment_state(

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import ledger
 from metering.errors import PermanentError
+from metering.ledger import journal
 from metering.ops.models import TransactionType
 from metering.stripe import clawbacks, purchases, reversals
 
@@ -95,9 +95,9 @@ async def record_purchase(session: AsyncSession, event: Mapping[str, Any]) -> Ha
     if payment_intent is None:
         raise MalformedEvent(f"paid Checkout session {order.session_id} has no payment intent")
     await _lock_payment(session, payment_intent)
-    posted = await ledger.post(
+    posted = await journal.post(
         session,
-        ledger.Posting(
+        journal.Posting(
             user_id=order.user_id,
             type=TransactionType.PURCHASE,
             amount=order.credits,

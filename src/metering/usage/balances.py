@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
 from metering.budget import halt
 from metering.budget.alerts import (
     BALANCE_FLOOR,
@@ -14,6 +13,7 @@ from metering.budget.alerts import (
     note_balances,
     note_uncharged,
 )
+from metering.ledger import charging
 from metering.ops import redis_keys as keys
 from metering.ops.models import User
 from metering.ops.redis_client import AsyncRedis
@@ -24,7 +24,7 @@ async def sync_halts(
     sessions: async_sessionmaker[AsyncSession],
     prefix: str,
     halt_threshold: int,
-    outcome: ledger.UsageOutcome,
+    outcome: charging.UsageOutcome,
 ) -> list[str]:
     """Bring the halt flags of the batch's users in line with their committed balances
     (`halt.sync_halts`): users at or below the threshold, and users with halted experiments
@@ -53,7 +53,7 @@ async def alert(
     sessions: async_sessionmaker[AsyncSession],
     prefix: str,
     low_balance_credits: int,
-    outcome: ledger.UsageOutcome,
+    outcome: charging.UsageOutcome,
     uncharged: Sequence[UnchargedUsage],
 ) -> list[LowBalanceAlert]:
     """Publish the batch's new low-balance alerts and count its uncharged usage; returns the

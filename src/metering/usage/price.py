@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metering.errors import PermanentError
-from metering.ledger import CallFacts, UsageCharge
+from metering.ledger.charging import CallFacts, UsageCharge
 from metering.pricing import CallCost, Catalog, TokenUsage, charge_exact_credits
 from metering.usage.event import UsageEvent
 from metering.usage.parse import DeadLetter, Parsed

@@ -1,7 +1,7 @@
 """Record: priced events to call records and ledger rows, in one database transaction.
 
 `record` reads the batch's experiments (owner and apiKeyMode), turns costs into charges in
-credits and hands them to `ledger.charge_usage`, which writes a call record per new event and one
+credits and hands them to `charging.charge_usage`, which writes a call record per new event and one
 USAGE row per experiment, provider, model and tier. Events the ledger refuses are isolated by
 halving, so one bad event never stops its batch.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from metering import ledger
 from metering.budget.alerts import UnchargedUsage
 from metering.errors import PermanentError
+from metering.ledger import charging
 from metering.ops.db import run_in_transaction, session_scope
 from metering.pricing import charge_exact_credits
 from metering.pricing.money import whole_credits
@@ -38,7 +38,7 @@ class Rates:
 class Recorded:
     """The committed result of recording a group of priced events."""
 
-    outcome: ledger.UsageOutcome = field(default_factory=ledger.UsageOutcome)
+    outcome: charging.UsageOutcome = field(default_factory=charging.UsageOutcome)
     unknown: list[Priced] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
@@ -84,14 +84,14 @@ async def _record_once(
     sessions: async_sessionmaker[AsyncSession], rates: Rates, priced: Sequence[Priced]
 ) -> Recorded:
     async def work(session: AsyncSession) -> Recorded:
-        experiments = await ledger.experiment_owners(
+        experiments = await charging.experiment_owners(
             session, sorted({p.parsed.event.experiment_id for p in priced})
         )
         modes = {e: mode for e, (_, mode) in experiments.items()}
         known = [p for p in priced if p.parsed.event.experiment_id in modes]
         charges, dead = to_charges(known, modes, rates.markup, rates.platform_fee_usd_per_million)
         owners = {e: owner for e, (owner, _) in experiments.items()}
-        outcome = await ledger.charge_usage(session, charges, owners)
+        outcome = await charging.charge_usage(session, charges, owners)
         late = set(outcome.unknown_experiments)
         unknown = [
             p
@@ -104,7 +104,7 @@ async def _record_once(
     for attempt in range(1, OWNER_CHANGE_ATTEMPTS + 1):
         try:
             return await run_in_transaction(sessions, work)
-        except ledger.OwnerChanged:
+        except charging.OwnerChanged:
             if attempt == OWNER_CHANGE_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
@@ -117,7 +117,7 @@ async def _refused(
     experiment's owner and apiKeyMode read again, the batch's transaction being rolled back)."""
     event = item.parsed.event
     async with session_scope(sessions) as session:
-        found = (await ledger.experiment_owners(session, [event.experiment_id])).get(
+        found = (await charging.experiment_owners(session, [event.experiment_id])).get(
             event.experiment_id
         )
     owner, credits = None, None
@@ -136,7 +136,7 @@ async def _refused(
 
 
 async def _conflicts(
-    session: AsyncSession, parsed: Sequence[Parsed], outcome: ledger.UsageOutcome
+    session: AsyncSession, parsed: Sequence[Parsed], outcome: charging.UsageOutcome
 ) -> tuple[list[DeadLetter], int]:
     """Split the events not recorded by this batch into conflicts (a payload other than the one
     recorded first, dead-lettered) and harmless duplicates (counted). One query, if any."""
@@ -150,10 +150,10 @@ async def _conflicts(
             others.append(item)
     if not others:
         return [], 0
-    recorded = await ledger.recorded_digests(session, sorted({p.event.event_id for p in others}))
+    recorded = await charging.recorded_digests(session, sorted({p.event.event_id for p in others}))
     conflicts = [
         conflict(p.entry, p.event.event_id)
         for p in others
-        if not ledger.same_payload(recorded.get(p.event.event_id), p.digest)
+        if not charging.same_payload(recorded.get(p.event.event_id), p.digest)
     ]
     return conflicts, len(others) - len(conflicts)

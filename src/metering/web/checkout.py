@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from metering import accounts
+from metering.ledger import accounts
 from metering.ops.db import session_scope
 from metering.stripe import checkout, purchases
 from metering.web.auth import require_api_token

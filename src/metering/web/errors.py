@@ -14,11 +14,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from metering.accounts import NotFound
 from metering.errors import ConfigurationError, MeteringError, PermanentError
+from metering.ledger.accounts import NotFound
+from metering.ledger.reports import InvalidQuery
 from metering.ops.logs import get_logger, redact_text
 from metering.pricing import PricingError
-from metering.reports import InvalidQuery
 from metering.stripe import checkout as stripe_checkout
 from metering.stripe.webhooks import InvalidWebhook
 from metering.web.auth import Unauthorized

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from metering import reports
 from metering.budget import estimates
+from metering.ledger import reports
 from metering.ops.db import session_scope
 from metering.pricing import EstimateItem, get_catalog
 from metering.pricing.estimate import MAX_CALLS

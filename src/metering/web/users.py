@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from metering import reports
+from metering.ledger import reports
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
 from metering.pricing import get_catalog

@@ -9,8 +9,8 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import ledger
 from metering.errors import PermanentError
+from metering.ledger import journal
 from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, User
 
 SEED_EMAIL = "test@example.com"
@@ -66,7 +66,7 @@ async def ensure_user(session: AsyncSession, email: str, name: str | None = None
     return (await find_user(session, email)).id
 
 
-async def seed(session: AsyncSession) -> ledger.PostedTransaction:
+async def seed(session: AsyncSession) -> journal.PostedTransaction:
     """The platform's seed: test@example.com with 10,000 purchased credits. Safe to run again.
 
     The platform's own Prisma seed writes the same user and purchase, without an idempotency key.
@@ -90,7 +90,7 @@ async def seed(session: AsyncSession) -> ledger.PostedTransaction:
         .limit(1)
     )
     if existing is not None:
-        return ledger.PostedTransaction(
+        return journal.PostedTransaction(
             transaction_id=existing.id,
             idempotency_key=existing.idempotency_key or "",
             user_id=user_id,
@@ -98,9 +98,9 @@ async def seed(session: AsyncSession) -> ledger.PostedTransaction:
             amount=existing.amount,
             created=False,
         )
-    return await ledger.post(
+    return await journal.post(
         session,
-        ledger.Posting(
+        journal.Posting(
             user_id=user_id,
             type=TransactionType.PURCHASE,
             amount=SEED_CREDITS,
@@ -122,21 +122,21 @@ def _operator_metadata(reason: str, operator: str) -> dict[str, str]:
 
 async def refund_experiment(
     session: AsyncSession, experiment_id: str, credits: int, reason: str, key: str, operator: str
-) -> ledger.PostedTransaction:
+) -> journal.PostedTransaction:
     """Give `credits` back to an experiment's owner as a REFUND row (e.g. a failed run).
 
     `key` (in the operators' key space) makes the refund idempotent: the same key posts once, and
-    a key already posted for anything else is refused (`ledger.KeyConflict`). `operator` is
+    a key already posted for anything else is refused (`journal.KeyConflict`). `operator` is
     recorded in the row's metadata with the reason.
     """
-    ledger.check_amount(TransactionType.REFUND, credits)
+    journal.check_amount(TransactionType.REFUND, credits)
     metadata = {"experimentId": experiment_id, **_operator_metadata(reason, operator)}
     experiment = await find_experiment(session, experiment_id)
     if experiment.user_id is None:
         raise PermanentError(f"experiment {experiment_id!r} has no user to refund", code="no_owner")
-    return await ledger.post(
+    return await journal.post(
         session,
-        ledger.Posting(
+        journal.Posting(
             user_id=experiment.user_id,
             type=TransactionType.REFUND,
             amount=credits,
@@ -150,18 +150,18 @@ async def refund_experiment(
 
 async def adjust_user(
     session: AsyncSession, id_or_email: str, credits: int, reason: str, key: str, operator: str
-) -> ledger.PostedTransaction:
+) -> journal.PostedTransaction:
     """An operator's correction: an ADJUSTMENT row of `credits` (positive or negative).
 
     `key` (in the operators' key space) makes the correction idempotent, as for a refund;
     `operator` is recorded in the row's metadata with the reason.
     """
-    ledger.check_amount(TransactionType.ADJUSTMENT, credits)
+    journal.check_amount(TransactionType.ADJUSTMENT, credits)
     metadata = _operator_metadata(reason, operator)
     user = await find_user(session, id_or_email)
-    return await ledger.post(
+    return await journal.post(
         session,
-        ledger.Posting(
+        journal.Posting(
             user_id=user.id,
             type=TransactionType.ADJUSTMENT,
             amount=credits,

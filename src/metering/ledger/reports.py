@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering import accounts
 from metering.errors import PermanentError
+from metering.ledger import accounts
 from metering.ops.models import CreditTransaction, MAACExperiment, TransactionType, UsageCall
 from metering.pricing import Catalog, TokenUsage
 from metering.pricing.calculator import EXACT, cost_usd
