@@ -23,9 +23,9 @@ TOKENS = typer.Option(0, min=0, help="Tokens of this class (classes are disjoint
 ONLY_PROVIDERS = typer.Option(None, help="Only these catalog providers (repeatable).")
 
 
-def _catalog(settings: PricingSettings | None = None) -> Catalog:
+def _catalog(settings: PricingSettings) -> Catalog:
     try:
-        return get_catalog((settings or read_pricing_settings()).metering_price_catalog)
+        return get_catalog(settings.metering_price_catalog)
     except MeteringError as error:
         fail(f"{error} [{error.code}]")
 
@@ -62,7 +62,7 @@ def prices(
         return
     from rich.table import Table
 
-    catalog = _catalog()
+    catalog = _catalog(read_pricing_settings())
     moment = _instant(at)
     table = Table(
         title=f"Prices at {moment.isoformat()} (USD per 1M tokens, catalog {catalog.version})"
@@ -144,7 +144,9 @@ def import_prices(
     from metering.pricing.catalog_writer import grouped, to_json, to_toml
     from metering.pricing.peer_import import compare, convert, load_peer_data
 
-    catalog = Catalog([shipped_layers()[-1]]) if hand_kept_only else _catalog()
+    catalog = (
+        Catalog([shipped_layers()[-1]]) if hand_kept_only else _catalog(read_pricing_settings())
+    )
     today = datetime.now(UTC).date()
     try:
         conversion = convert(load_peer_data(None if source is None else Path(source)), today)
