@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 import metering.cli.pricing  # noqa: F401  (registers the commands)
 from metering.cli.app import app
 from metering.ops.settings import get_settings
+from metering.pricing import TokenUsage, charge_exact_credits, get_catalog
 
 runner = CliRunner()
 
@@ -116,3 +118,56 @@ def test_prices_uses_the_catalog_from_settings(
     assert result.exit_code == 2
     assert str(path) in result.output.replace("\n", "")
     assert "invalid_catalog" in result.output
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "tokens", "tier", "mode", "at"),
+    [
+        ("openai", "gpt-4o-mini", (1000, 500, 2000, 0, 0), "standard", "system", None),
+        ("openai", "gpt-4.1", (1_000_000, 10, 0, 0, 0), "batch", "system", None),
+        ("openai", "gpt-5.4", (300_000, 900, 5000, 0, 400), "flex", "system", None),
+        ("anthropic", "claude-sonnet-4-20250514", (1000, 200, 5000, 100, 0), "standard", "own",
+         "2025-09-01T12:00:00Z"),
+        ("deepseek", "deepseek-chat", (7, 11, 13, 0, 0), "standard", "system",
+         "2025-03-01T00:10:00+00:00"),
+    ],
+)  # fmt: skip
+def test_price_prints_what_the_service_charges(
+    fresh_settings: pytest.MonkeyPatch,
+    provider: str,
+    model: str,
+    tokens: tuple[int, int, int, int, int],
+    tier: str,
+    mode: str,
+    at: str | None,
+) -> None:
+    """Text and JSON give the cost and credits of `Catalog.price_call` and `charge_exact_credits`
+    with the service's settings: tiers, cached tokens, cache writes, reasoning, long context, time
+    of day and the user's own key."""
+    fresh_settings.setenv("METERING_PLATFORM_FEE_USD_PER_MILLION", "0.25")
+    get_settings.cache_clear()
+    names = ("input", "output", "cached-input", "cache-write", "reasoning")
+    moment = "2026-11-30T18:00:00+00:00" if at is None else at
+    args = ["--provider", provider, "--model", model, "--tier", tier, "--api-key-mode", mode]
+    args += [
+        "--at",
+        moment,
+        *(f"--{n}-tokens={count}" for n, count in zip(names, tokens, strict=True)),
+    ]
+    settings = get_settings()
+    cost = get_catalog(settings.metering_price_catalog).price_call(
+        provider, model, TokenUsage(*tokens), datetime.fromisoformat(moment), tier
+    )
+    credits = charge_exact_credits(
+        cost, mode, settings.metering_markup, settings.metering_platform_fee_usd_per_million
+    )
+    assert price(*args) == {**cost.audit(), "api_key_mode": mode, "credits": str(credits)}
+    text = runner.invoke(app, ["price", *args])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].endswith(f": ${cost.usd} = {credits} credits ({mode} key)")
+    assert lines[0].startswith(f"{cost.provider}/{cost.model} ({tier}")
+    assert lines[1:-1] == [
+        f"  {name:>12}: ${rate} per 1M tokens" for name, rate in cost.prices.items()
+    ]
+    assert cost.catalog_version in lines[-1]

@@ -1,7 +1,7 @@
 """What every command shares: settings, a database session, and one-line errors.
 
-Cheap to import: SQLAlchemy, Alembic and the settings are loaded by the functions that use them,
-so a command that needs none of them starts without them.
+Cheap to import: SQLAlchemy, Alembic, the settings and rich are loaded when first used (`console`
+and `errors` too), so a command that needs none of them starts without them.
 """
 
 from __future__ import annotations
@@ -12,22 +12,36 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from metering.errors import Conflict, MeteringError
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    console: Console
+    """rich's console on stdout."""
+    errors: Console
+    """rich's console on stderr."""
 
 T = TypeVar("T")
 
-console = Console()
-errors = Console(stderr=True)
+
+def __getattr__(name: str) -> Console:
+    """`console` and `errors`, made on first use: importing rich costs a command's start."""
+    if name not in ("console", "errors"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    made = globals()[name] = Console(stderr=name == "errors")
+    return made
 
 
 def print_error(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    stderr: Console = globals().get("errors") or __getattr__("errors")
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -1,16 +1,20 @@
-"""Pricing commands: list the catalog's prices, price one call, import a peer's price list."""
+"""Pricing commands: list the catalog's prices, price one call, import a peer's price list.
+
+`metering price` prints with `typer.echo`: rich and the settings' other knobs are loaded only by the
+commands that use them, so that pricing one call starts fast.
+"""
 
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
+from metering.cli import common
 from metering.cli.app import app
-from metering.cli.common import console, fail, print_json
+from metering.cli.common import fail, print_json
 from metering.errors import MeteringError
-from metering.ops.settings import get_settings
+from metering.ops.pricing_settings import PricingSettings, read_pricing_settings
 from metering.pricing import NoPriceAt, TokenUsage, charge_exact_credits, get_catalog
 from metering.pricing.catalog import Catalog, shipped_layers
 from metering.pricing.schema import STANDARD_TIER
@@ -19,9 +23,9 @@ TOKENS = typer.Option(0, min=0, help="Tokens of this class (classes are disjoint
 ONLY_PROVIDERS = typer.Option(None, help="Only these catalog providers (repeatable).")
 
 
-def _catalog() -> Catalog:
+def _catalog(settings: PricingSettings) -> Catalog:
     try:
-        return get_catalog(get_settings().metering_price_catalog)
+        return get_catalog(settings.metering_price_catalog)
     except MeteringError as error:
         fail(f"{error} [{error.code}]")
 
@@ -56,7 +60,9 @@ def prices(
     """List USD per million tokens for every model (input, cached, cache write, output)."""
     if context.invoked_subcommand is not None:
         return
-    catalog = _catalog()
+    from rich.table import Table
+
+    catalog = _catalog(read_pricing_settings())
     moment = _instant(at)
     table = Table(
         title=f"Prices at {moment.isoformat()} (USD per 1M tokens, catalog {catalog.version})"
@@ -90,7 +96,7 @@ def prices(
             _tiers_text(resolved.tiers()),
             period.from_.date().isoformat() + ("" if window is None else " (time of day)"),
         )
-    console.print(table)
+    common.console.print(table)
 
 
 def _tiers_text(tiers: dict[str, dict[str, Decimal]]) -> str:
@@ -133,10 +139,14 @@ def import_prices(
 
     Never changes the catalog: review the file, then use it as METERING_PRICE_CATALOG or ship it.
     """
+    from rich.table import Table
+
     from metering.pricing.catalog_writer import grouped, to_json, to_toml
     from metering.pricing.peer_import import compare, convert, load_peer_data
 
-    catalog = Catalog([shipped_layers()[-1]]) if hand_kept_only else _catalog()
+    catalog = (
+        Catalog([shipped_layers()[-1]]) if hand_kept_only else _catalog(read_pricing_settings())
+    )
     today = datetime.now(UTC).date()
     try:
         conversion = convert(load_peer_data(None if source is None else Path(source)), today)
@@ -165,7 +175,7 @@ def import_prices(
             ", ".join(entry["tiers"]),
             difference.detail or "; ".join(difference.converted.notes),
         )
-    console.print(table)
+    common.console.print(table)
     counts = {status: 0 for status in ("new", "differs", "same")}
     for difference in differences:
         counts[difference.status] += 1
@@ -184,7 +194,7 @@ def import_prices(
         text = to_toml(providers, today, header)
     target.write_text(text)
     written = sum(len(entry["models"]) for entry in providers.values())
-    console.print(
+    common.console.print(
         f"{counts['new']} new, {counts['differs']} differ, {counts['same']} the same, "
         f"{len(conversion.skipped)} left out; {written} written to {output} for review"
         + ("" if with_changes else " (changed models are shown, not written: --with-changes)")
@@ -211,8 +221,8 @@ def price(
     """Price one call: exact USD and exact (fractional) credits, with the prices used."""
     if batch and tier not in (STANDARD_TIER, "batch"):
         fail(f"--batch conflicts with --tier {tier}")
-    settings = get_settings()
-    catalog = _catalog()
+    settings = read_pricing_settings()
+    catalog = _catalog(settings)
     moment = _instant(at)
     try:
         usage = TokenUsage(
@@ -235,12 +245,10 @@ def price(
         print_json({**cost.audit(), "api_key_mode": api_key_mode, "credits": str(credits)})
         return
     context = ", long context" if cost.long_context else ""
-    console.print(
+    typer.echo(
         f"{cost.provider}/{cost.model} ({cost.tier}{context}) at {moment.isoformat()}: "
         f"${cost.usd} = {credits} credits ({api_key_mode} key)"
     )
     for token_class, rate in cost.prices.items():
-        console.print(f"  {token_class:>12}: ${Decimal(rate)} per 1M tokens")
-    console.print(
-        f"  catalog {cost.catalog_version}, prices since {cost.effective_from.isoformat()}"
-    )
+        typer.echo(f"  {token_class:>12}: ${Decimal(rate)} per 1M tokens")
+    typer.echo(f"  catalog {cost.catalog_version}, prices since {cost.effective_from.isoformat()}")

@@ -1,12 +1,12 @@
 """Settings from the environment (and `.env`), validated once at start."""
 
-from decimal import Decimal
 from functools import lru_cache
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metering.ops.pricing_settings import ENV_FILE, PricingSettings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -14,10 +14,13 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-class Settings(BaseSettings):
-    """Every knob of the service; names are the environment variables (case-insensitive)."""
+class Settings(BaseSettings, PricingSettings):
+    """Every knob of the service; names are the environment variables (case-insensitive).
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    The knobs of pricing (catalog, markup, platform fee) are `PricingSettings`'.
+    """
+
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -46,11 +49,6 @@ class Settings(BaseSettings):
 
     metering_usage_shards: int = Field(default=1, ge=1, le=1024)
     metering_redis_prefix: str = Field(default="metering", min_length=1, max_length=64)
-    metering_price_catalog: Path | None = None
-    metering_markup: Decimal = Field(default=Decimal(1), gt=0, le=100)
-    """Multiplier on catalog prices for `apiKeyMode = system`."""
-    metering_platform_fee_usd_per_million: Decimal = Field(default=Decimal(0), ge=0)
-    """USD per million tokens charged for `apiKeyMode = own`."""
     metering_halt_threshold: int = 0
     """Credits: at or below this balance a user's running experiments are told to stop."""
     metering_low_balance_credits: int = 1000
@@ -86,13 +84,6 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         _check_scheme("REDIS_URL", value, REDIS_SCHEMES)
-        return value
-
-    @field_validator("metering_markup", "metering_platform_fee_usd_per_million", mode="before")
-    @classmethod
-    def _no_float(cls, value: object) -> object:
-        if isinstance(value, float):
-            raise ValueError("give money as a string or integer, not a float")
         return value
 
     @model_validator(mode="after")
