@@ -202,8 +202,8 @@ async def test_experiment_breakdown_sums_equal_the_ledger(sessions: Sessions) ->
     assert experiment is not None
 
     expected = expected_by_model(docs)
-    assert [g.key for g in usage.groups] == sorted(expected)
-    for group in usage.groups:
+    assert [g.key for g in usage.by_model] == sorted(expected)
+    for group in usage.by_model:
         want = expected[group.key]
         assert group.calls == want["calls"]
         assert group.input_tokens == want["input_tokens"]
@@ -213,7 +213,7 @@ async def test_experiment_breakdown_sums_equal_the_ledger(sessions: Sessions) ->
         assert group.cost_usd == want["cost_usd"]
         assert (group.unbilled_calls, group.unbilled_credits) == (0, 0)
     total = usage.total
-    assert total.calls == 30 == sum(g.calls for g in usage.groups)
+    assert total.calls == 30 == sum(g.calls for g in usage.by_model)
     assert total.credits == ledger_credits == usage.credits_used == experiment.credits_used > 0
     assert total.exact_credits == experiment.exact_credits_used == usage.exact_credits_used
     assert total.cost_usd == sum((g["cost_usd"] for g in expected.values()), Decimal(0))

@@ -103,10 +103,10 @@ async def test_breakdown_equals_the_per_call_usage_rows(sessions: Sessions) -> N
         )
 
     want = expected_groups(docs, charged)
-    got = {g.key: (g.calls, g.cost_usd, g.exact_credits, g.credits) for g in usage.groups}
+    got = {g.key: (g.calls, g.cost_usd, g.exact_credits, g.credits) for g in usage.by_model}
     assert got == want
     assert {"openai/gpt-4o", "openai/gpt-5.4", "deepseek/deepseek-chat"} <= set(got)
-    assert usage.groups == by_user.groups
+    assert usage.by_model == by_user.groups
     assert usage.total.credits == usage.credits_used == by_day.total.credits
     assert usage.total.cost_usd == by_day.total.cost_usd == sum(w[1] for w in want.values())
     assert usage.total.calls == len(docs)

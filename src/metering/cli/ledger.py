@@ -1,5 +1,6 @@
 """Ledger commands: seed, reconcile, balance, and operators' refunds and adjustments."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from decimal import Decimal
 
@@ -147,9 +148,7 @@ def refund(
     async def work(session: AsyncSession) -> journal.PostedTransaction:
         return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
 
-    posted = in_database(work)
-    _report_posting(posted, as_json)
-    _sync_halts(posted.user_id)
+    _post(work, as_json)
 
 
 @app.command()
@@ -166,6 +165,13 @@ def adjust(
     async def work(session: AsyncSession) -> journal.PostedTransaction:
         return await accounts.adjust_user(session, user, credits, reason, key, operator)
 
+    _post(work, as_json)
+
+
+def _post(
+    work: Callable[[AsyncSession], Awaitable[journal.PostedTransaction]], as_json: bool
+) -> None:
+    """Post an operator's correction, report it, and bring the user's halt flags up to date."""
     posted = in_database(work)
     _report_posting(posted, as_json)
     _sync_halts(posted.user_id)

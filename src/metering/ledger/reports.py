@@ -125,11 +125,13 @@ class UsageReport:
 
 @dataclass(frozen=True)
 class ExperimentUsage:
-    """An experiment's usage by provider and model, beside its estimate and recorded totals.
+    """An experiment's usage by provider and model (`by_model`), its total, and the estimate
+    beside what was used.
 
     `credits_used` and `exact_credits_used` are the experiment's columns; `total.credits` equals
     `credits_used` (the ledger's invariant) while none of its call records is archived.
-    `estimate_delta` = `credits_used` - `estimated_credits` (positive: over the estimate)."""
+    `estimate_delta` = `credits_used` - `estimated_credits` (positive: over the estimate), null
+    without an estimate."""
 
     experiment_id: str
     name: str
@@ -140,7 +142,7 @@ class ExperimentUsage:
     credits_used: int
     exact_credits_used: Decimal
     estimate_delta: int | None
-    groups: list[UsageGroup]
+    by_model: list[UsageGroup]
     total: UsageGroup
 
 
@@ -499,6 +501,6 @@ async def experiment_usage(
         credits_used=experiment.credits_used,
         exact_credits_used=exact_decimal(experiment.exact_credits_used),
         estimate_delta=None if estimated is None else experiment.credits_used - estimated,
-        groups=groups,
+        by_model=groups,
         total=sum_groups(groups),
     )

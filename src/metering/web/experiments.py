@@ -1,7 +1,6 @@
 """`GET /experiments/{id}/usage` and `POST /experiments/{id}/estimate` (bearer token)."""
 
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -25,26 +24,6 @@ router = APIRouter(
 )
 
 
-# Its own model: the API calls `reports.ExperimentUsage.groups` `by_model`.
-class ExperimentUsageResponse(BaseModel):
-    """Usage by provider and model, its total, and the estimate beside what was used.
-
-    `total.credits` equals `credits_used`; `estimate_delta` = `credits_used` -
-    `estimated_credits` (positive: over the estimate), null without an estimate."""
-
-    experiment_id: str
-    name: str
-    status: str
-    user_id: str | None
-    api_key_mode: str
-    estimated_credits: int | None
-    credits_used: int
-    exact_credits_used: Decimal
-    estimate_delta: int | None
-    by_model: list[reports.UsageGroup] = Field(validation_alias="groups")
-    total: reports.UsageGroup
-
-
 class EstimateRequest(BaseModel):
     """Expected calls per provider and model, with the tokens of each call: at most 1,000 items
     and 1,000,000,000 calls in all.
@@ -65,13 +44,13 @@ class EstimateRequest(BaseModel):
 
 
 @router.get("/{experiment_id}/usage")
-async def get_usage(experiment_id: ExperimentId, state: State) -> ExperimentUsageResponse:
+async def get_usage(experiment_id: ExperimentId, state: State) -> reports.ExperimentUsage:
     """The experiment's usage, unbilled usage included. 404 for an unknown experiment."""
     async with session_scope(state.sessions) as session:
         usage = await reports.experiment_usage(
             session, experiment_id, catalog=get_catalog(state.settings.metering_price_catalog)
         )
-    return ExperimentUsageResponse.model_validate(usage, from_attributes=True)
+    return usage
 
 
 @router.post("/{experiment_id}/estimate", responses=errors.responses(400))
