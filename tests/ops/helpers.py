@@ -2,10 +2,15 @@
 
 from typing import Any
 
+import httpx
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from metering.ops import redis_keys
+from metering.ops.settings import Settings
+from metering.web import create_app
 from tests.support import REDIS_URL
+from tests.web.helpers import serve
 
 
 def sender(prefix: str) -> Celery:
@@ -24,3 +29,20 @@ def send(prefix: str, name: str, *args: Any, queue: str = "usage") -> None:
         client.send_task(name, args=args, queue=queue)
     finally:
         client.close()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(settings: Settings) -> tuple[httpx.Response, Samples]:
+    async for client in serve(create_app(settings)):
+        response = await client.get("/metrics")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return response, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

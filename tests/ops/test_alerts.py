@@ -25,8 +25,7 @@ from metering.stripe.webhooks import ReceivedEvent, store_event
 from metering.usage import dead_letters
 from metering.usage.producer import AsyncEmitter
 from tests.factories import create_experiment, create_user, unique
-from tests.ops.helpers import send
-from tests.ops.test_metrics import scrape, value
+from tests.ops.helpers import scrape, send, value
 from tests.stripe.deliveries import checkout_session, record
 from tests.stripe.deliveries import event as stripe_event
 from tests.support import eventually

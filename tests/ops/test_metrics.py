@@ -3,9 +3,7 @@ the worker's processes (multiprocess mode) with the streams' gauges read at scra
 
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -14,20 +12,16 @@ from metering.ops.db import session_scope
 from metering.ops.settings import Settings
 from metering.usage import streams
 from metering.usage.producer import AsyncEmitter
-from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.ops.helpers import send
+from tests.ops.helpers import scrape, send, value
 from tests.support import eventually
 from tests.usage.helpers import Sessions, calls_recorded, event, raw
-from tests.web.helpers import serve
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
 
 EVENTS = 30
 BATCH = 10
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
@@ -37,20 +31,6 @@ def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
     return folder
-
-
-async def scrape(settings: Settings) -> tuple[httpx.Response, Samples]:
-    async for client in serve(create_app(settings)):
-        response = await client.get("/metrics")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return response, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_metrics_move_when_events_flow(

@@ -8,9 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from metering.ops.db import session_scope
+from metering.ops.models import StripeEvent, User
+from metering.stripe import processing
+from metering.stripe.processing import Processed
 from metering.stripe.purchases import Order, record_order
+from metering.stripe.webhooks import ReceivedEvent, store_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
 """Stripe API reference examples of each object, as Stripe shapes them."""
@@ -132,3 +137,44 @@ def dispute(
 
 def body_of(evt: dict[str, Any]) -> str:
     return json.dumps(evt, indent=2)
+
+
+CREDITS = 10_000
+"""$10.00, that is 1,000 cents."""
+
+
+CENTS = CREDITS // 10
+
+
+async def deliver(sessions: async_sessionmaker[AsyncSession], evt: dict[str, Any]) -> Processed:
+    """Store an event as the webhook does, then process it as the task does."""
+    async with session_scope(sessions) as session:
+        await store_event(session, ReceivedEvent(evt["id"], evt["type"], evt["livemode"], evt))
+    return await process(sessions, evt["id"])
+
+
+async def process(sessions: async_sessionmaker[AsyncSession], event_id: str) -> Processed:
+    processed = await processing.process_event(sessions, event_id, lock_timeout_ms=5_000)
+    for woken in processed.wake_event_ids:
+        await process(sessions, woken)
+    return processed
+
+
+async def ours(sessions: async_sessionmaker[AsyncSession], checkout: dict[str, Any]) -> Any:
+    """`checkout`, recorded as a session metering created."""
+    async with session_scope(sessions) as session:
+        return await record(session, checkout)
+
+
+async def balance(sessions: async_sessionmaker[AsyncSession], user_id: str) -> int:
+    async with session_scope(sessions) as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return user.credits
+
+
+async def stored(sessions: async_sessionmaker[AsyncSession], event_id: str) -> StripeEvent:
+    async with session_scope(sessions) as session:
+        row = await session.get(StripeEvent, event_id)
+        assert row is not None
+        return row

@@ -21,16 +21,18 @@ from metering.stripe.handlers import Outcome
 from metering.stripe.webhooks import ReceivedEvent, store_event
 from tests.factories import create_user
 from tests.stripe.deliveries import (
+    balance,
     charge,
     checkout_session,
+    deliver,
     dispute,
     event,
     new_id,
+    ours,
     record,
     refund,
 )
 from tests.stripe.scenarios import CENTS, CREDITS, Scenario, scenarios, stripe_events
-from tests.stripe.test_processing import balance, deliver, ours
 
 Events = Callable[[str], list[dict[str, Any]]]
 """The events of a case, given its payment intent."""

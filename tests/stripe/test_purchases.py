@@ -13,8 +13,17 @@ from metering.ops.models import CreditTransaction, TransactionType
 from metering.stripe import processing
 from metering.stripe.handlers import Outcome
 from metering.stripe.processing import EventQuarantined
-from tests.stripe.deliveries import charge, checkout_session, event
-from tests.stripe.test_processing import CENTS, CREDITS, balance, deliver, ours, stored
+from tests.stripe.deliveries import (
+    CENTS,
+    CREDITS,
+    balance,
+    charge,
+    checkout_session,
+    deliver,
+    event,
+    ours,
+    stored,
+)
 
 Change = Callable[[dict[str, Any]], None]
 

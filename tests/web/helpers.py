@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 SECRET_KEY = "sk_test_51StandInSecretKey0123456789"
 API_TOKEN = "api-token-7f3e9b2c4d"
@@ -42,3 +43,6 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://metering") as client,
     ):
         yield client
+
+
+Sessions = async_sessionmaker[AsyncSession]

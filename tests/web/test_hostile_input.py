@@ -17,8 +17,7 @@ from metering.pricing.estimate import MAX_CALLS
 from metering.usage.event import MAX_TOKENS
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
-from tests.web.helpers import API_TOKEN, Queue, serve
-from tests.web.test_read_api import Sessions
+from tests.web.helpers import API_TOKEN, Queue, Sessions, serve
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 ITEM = {"provider": "openai", "model": "gpt-4o-mini", "calls": 1}

@@ -34,8 +34,7 @@ from metering.usage.event import MAX_TOKENS
 from metering.web import create_app
 from tests.factories import create_experiment, create_user
 from tests.usage_data import charge_events, event
-from tests.web.helpers import API_TOKEN, Queue
-from tests.web.test_read_api import Sessions
+from tests.web.helpers import API_TOKEN, Queue, Sessions
 
 EXAMPLES = 40
 """Examples per operation: the whole run stays well under a minute on a shared machine."""

@@ -7,7 +7,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from metering.ledger import journal
 from metering.ops.db import session_scope
@@ -16,9 +15,8 @@ from metering.ops.settings import Settings
 from metering.web import create_app
 from tests.factories import create_experiment, create_user, unique
 from tests.usage_data import charge_events, event
-from tests.web.helpers import API_TOKEN, Queue, serve
+from tests.web.helpers import API_TOKEN, Queue, Sessions, serve
 
-Sessions = async_sessionmaker[AsyncSession]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 

@@ -16,7 +16,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, LargeBinary, Numeric, Text
 
-from metering.errors import TransientError
 from metering.ledger.journal import (
     INT32_MAX,
     BalanceOverflow,
@@ -29,6 +28,7 @@ from metering.ledger.journal import (
     metadata_json,
     stored_key,
 )
+from metering.ops.db import RerunTransaction
 from metering.ops.ids import cuids
 from metering.ops.models import TransactionType
 from metering.pricing.calculator import EXACT
@@ -37,7 +37,7 @@ from metering.pricing.money import EXACT_CREDIT_PLACES, credits_due
 EXACT_QUANTUM = Decimal(1).scaleb(-EXACT_CREDIT_PLACES)
 
 
-class OwnerChanged(TransientError):
+class OwnerChanged(RerunTransaction):
     """An experiment changed owner between reading and locking it; run the batch again."""
 
     code = "owner_changed"

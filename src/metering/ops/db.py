@@ -61,9 +61,16 @@ def sqlstate(error: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
+class RerunTransaction(TransientError):
+    """Raised by a transaction's work when what it read changed before it could lock it:
+    `run_in_transaction` runs the work again, as after a deadlock."""
+
+    code = "rerun_transaction"
+
+
 def is_retryable(error: BaseException) -> bool:
-    """True for deadlocks, serialization failures and lost connections."""
-    if isinstance(error, InterfaceError | OperationalError):
+    """True for deadlocks, serialization failures, lost connections and `RerunTransaction`."""
+    if isinstance(error, RerunTransaction | InterfaceError | OperationalError):
         return True
     if isinstance(error, DBAPIError):
         return error.connection_invalidated or sqlstate(error) in RETRYABLE_SQLSTATES
@@ -76,7 +83,8 @@ async def run_in_transaction(
     *,
     attempts: int = 5,
 ) -> T:
-    """Run `work` in one transaction, retrying the whole of it after a deadlock or lost connection.
+    """Run `work` in one transaction, retrying the whole of it after a deadlock, a lost
+    connection or a `RerunTransaction` (one policy: the same attempts and back-off for all).
 
     `work` must be safe to run again, and idempotent by its keys: a connection lost during COMMIT
     may hide a commit that succeeded, so a retry must find its rows already there. Make keys
@@ -87,7 +95,7 @@ async def run_in_transaction(
         try:
             async with session_scope(sessions) as session:
                 return await work(session)
-        except (DBAPIError, OSError, ConnectionError) as error:
+        except (DBAPIError, OSError, ConnectionError, RerunTransaction) as error:
             if (sqlstate(error) or "").startswith(DATA_EXCEPTION_CLASS):
                 raise PermanentError(
                     f"the database refused a value: {first_line(error)}", code="invalid_data"

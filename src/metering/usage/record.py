@@ -23,8 +23,6 @@ from metering.pricing.money import whole_credits
 from metering.usage.parse import DeadLetter, Parsed, conflict
 from metering.usage.price import Priced, to_charges
 
-OWNER_CHANGE_ATTEMPTS = 3
-
 
 @dataclass(frozen=True)
 class Rates:
@@ -101,13 +99,7 @@ async def _record_once(
         conflicts, duplicates = await _conflicts(session, [p.parsed for p in known], outcome)
         return Recorded(outcome, unknown, dead + conflicts, duplicates)
 
-    for attempt in range(1, OWNER_CHANGE_ATTEMPTS + 1):
-        try:
-            return await run_in_transaction(sessions, work)
-        except charging.OwnerChanged:
-            if attempt == OWNER_CHANGE_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    return await run_in_transaction(sessions, work)  # run again if an owner changed meanwhile
 
 
 async def _refused(

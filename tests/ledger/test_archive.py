@@ -18,7 +18,7 @@ from metering.ledger.reconcile import find_violations
 from metering.ops.db import session_scope
 from metering.ops.models import ArchivedUsage
 from tests.factories import create_experiment, create_user
-from tests.test_cli import metering
+from tests.support import metering
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]

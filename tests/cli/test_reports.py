@@ -10,7 +10,7 @@ from metering.ledger import journal
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
 from tests.factories import create_experiment, create_user, unique
-from tests.test_cli import metering
+from tests.support import metering
 from tests.usage_data import charge_events, event
 
 Sessions = async_sessionmaker[AsyncSession]

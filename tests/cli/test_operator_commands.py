@@ -3,10 +3,8 @@
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -15,33 +13,8 @@ from sqlalchemy import text
 from metering.ops import redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
 from tests.factories import drop_database, server_database_url
-from tests.support import REDIS_URL
+from tests.support import METERING, REDIS_URL, metering
 from tests.usage_data import charge_events, event
-
-METERING = str(Path(sys.executable).parent / "metering")
-
-
-def metering(
-    *args: str, database_url: str, operator: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the command; `operator` is the METERING_OPERATOR of the operator's shell."""
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL,
-        "METERING_REDIS_PREFIX": os.environ["METERING_REDIS_PREFIX"],
-        "PATH": "/usr/bin:/bin",
-        "COLUMNS": "200",
-    }
-    if operator is not None:
-        env["METERING_OPERATOR"] = operator
-    return subprocess.run(
-        [METERING, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
