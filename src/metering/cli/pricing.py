@@ -17,7 +17,7 @@ from metering.errors import MeteringError
 from metering.ops.pricing_settings import PricingSettings, read_pricing_settings
 from metering.pricing import NoPriceAt, TokenUsage, charge_exact_credits, get_catalog
 from metering.pricing.catalog import Catalog, shipped_layers
-from metering.pricing.schema import STANDARD_TIER
+from metering.usage.event import STANDARD_TIER
 
 TOKENS = typer.Option(0, min=0, help="Tokens of this class (classes are disjoint).")
 ONLY_PROVIDERS = typer.Option(None, help="Only these catalog providers (repeatable).")

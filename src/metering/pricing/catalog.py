@@ -41,7 +41,6 @@ from metering.pricing.errors import (
     UnsupportedTier,
 )
 from metering.pricing.schema import (
-    STANDARD_TIER,
     TOKEN_CLASSES,
     CatalogFile,
     ModelEntry,
@@ -52,6 +51,7 @@ from metering.pricing.schema import (
     tier_multipliers,
 )
 from metering.pricing.usage import TokenUsage
+from metering.usage.event import STANDARD_TIER
 
 PACKAGED_CATALOG = "catalog.toml"
 PACKAGED_IMPORTED = "catalog-imported.json"

@@ -10,9 +10,8 @@ from metering.pricing.calculator import EXACT, CallCost, charge_exact_credits
 from metering.pricing.catalog import Catalog
 from metering.pricing.errors import InvalidUsage
 from metering.pricing.money import whole_credits
-from metering.pricing.schema import STANDARD_TIER
 from metering.pricing.usage import TokenUsage
-from metering.usage.event import Name, Tier, TokenCount
+from metering.usage.event import STANDARD_TIER, Name, Tier, TokenCount
 
 MAX_CALLS = 1_000_000_000
 """Calls of one item, and of a whole estimate."""

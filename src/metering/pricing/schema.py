@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-STANDARD_TIER = "standard"
+from metering.usage.event import STANDARD_TIER
+
 TOKEN_CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
