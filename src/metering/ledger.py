@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, LargeBinary, Numeric, Text
 
 from metering.errors import Conflict, PermanentError, TransientError
+from metering.grants.draw import UsageDebit, draw_from_grants
 from metering.ids import cuids
 from metering.models import TransactionType
 from metering.pricing.calculator import EXACT
@@ -94,6 +95,8 @@ class KeyKind(enum.StrEnum):
     PURCHASE = "purchase"
     CLAWBACK = "clawback"
     OPERATOR = "operator"
+    GRANT = "grant"
+    EXPIRY = "expiry"
 
 
 def key_kind(type_: TransactionType, stripe_payment_id: str | None) -> KeyKind:
@@ -124,10 +127,13 @@ class Posting:
     experiment_id: str | None = None
     stripe_payment_id: str | None = None
     stripe_checkout_id: str | None = None
+    kind: KeyKind | None = None
+    """A key space of its own (a grant, its expiry); None: the one `key_kind` derives."""
 
     @property
     def stored_key(self) -> str:
-        return stored_key(key_kind(self.type, self.stripe_payment_id), self.idempotency_key)
+        kind = self.kind or key_kind(self.type, self.stripe_payment_id)
+        return stored_key(kind, self.idempotency_key)
 
     def describe(self) -> str:
         return _describe(self.type, self.amount, self.user_id, self.experiment_id)
@@ -354,6 +360,10 @@ async def charge_usage(
     # Locked last and briefly: the rows above went in without waiting for other batches of the
     # same users.
     balances = await _lock_users(session, {u for u in owners.values() if u is not None})
+    await draw_from_grants(
+        session,
+        [UsageDebit(o, g.stored_key, -g.amount) for g in billed if (o := owners[g.experiment_id])],
+    )
     user_deltas: dict[str, int] = defaultdict(int)
     experiment_deltas: dict[str, int] = defaultdict(int)
     for group in groups:

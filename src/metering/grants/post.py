@@ -1,0 +1,136 @@
+"""Giving a user a grant: a positive ADJUSTMENT and its `CreditGrant` row, once per key."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering import accounts, ledger
+from metering.errors import PermanentError
+from metering.grants.read import Grant, grants_by_id
+from metering.models import TransactionType
+
+MAX_PRIORITY = 1000
+"""Priorities run from 0 (the default) to this; higher is drawn first."""
+MAX_KEY = 200
+MAX_REASON = 500
+SOURCES = ("cli", "api")
+
+
+class InvalidGrant(PermanentError):
+    """A grant asked for with values it cannot have (an expiry past, a priority out of range)."""
+
+    code = "invalid_grant"
+
+
+class GrantConflict(ledger.KeyConflict):
+    """A grant key posted again with another expiry, priority or reason than its first grant."""
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    """A grant to give: `credits` (> 0) until `expires_at` (UTC if naive; kept to the
+    millisecond, as TIMESTAMP(3) holds it). `key` makes it once: the same key posts once."""
+
+    credits: int
+    expires_at: datetime
+    reason: str
+    key: str
+    priority: int = 0
+    source: str = "cli"
+
+    def expires_at_utc(self) -> datetime:
+        """The expiry as the column holds it: naive UTC, whole milliseconds."""
+        moment = self.expires_at
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class PostedGrant:
+    """The grant a key maps to; `created` is False when the key had been posted before."""
+
+    grant: Grant
+    created: bool
+
+
+_INSERT_GRANT = text(
+    'INSERT INTO "CreditGrant" (id, "userId", amount, remaining, priority, "expiresAt", reason, '
+    "source) VALUES (:id, :user_id, :amount, :amount, :priority, :expires_at, :reason, :source)"
+)
+
+
+async def post_grant(session: AsyncSession, id_or_email: str, request: GrantRequest) -> PostedGrant:
+    """Give the user (id or email) the grant, in the caller's transaction, or return the grant
+    its key gave before. The key posted with other values is refused (`GrantConflict`, or
+    `ledger.KeyConflict` for another user or amount); so is an expiry not in the future."""
+    _check(request)
+    expires_at = request.expires_at_utc()
+    user = await accounts.find_user(session, id_or_email)
+    posted = await ledger.post(
+        session,
+        ledger.Posting(
+            user_id=user.id,
+            type=TransactionType.ADJUSTMENT,
+            amount=request.credits,
+            description=f"Grant: {request.reason} (expires {expires_at.isoformat()}Z)",
+            idempotency_key=request.key,
+            metadata={
+                "grant": request.key,
+                "reason": request.reason,
+                "expiresAt": expires_at.isoformat() + "Z",
+                "priority": request.priority,
+                "source": request.source,
+            },
+            kind=ledger.KeyKind.GRANT,
+        ),
+    )
+    if not posted.created:
+        (first,) = (await grants_by_id(session, [posted.transaction_id])).values()
+        _refuse_another_grant(first, request, expires_at)
+        return PostedGrant(first, created=False)
+    now = await session.scalar(select(func.timezone("UTC", func.now())))
+    if now is None or expires_at <= now:
+        raise InvalidGrant(f"expires_at {expires_at.isoformat()}Z is not in the future")
+    await session.execute(
+        _INSERT_GRANT,
+        {
+            "id": posted.transaction_id,
+            "user_id": user.id,
+            "amount": request.credits,
+            "priority": request.priority,
+            "expires_at": expires_at,
+            "reason": request.reason,
+            "source": request.source,
+        },
+    )
+    (grant,) = (await grants_by_id(session, [posted.transaction_id])).values()
+    return PostedGrant(grant, created=True)
+
+
+def _check(request: GrantRequest) -> None:
+    if isinstance(request.credits, bool) or request.credits <= 0:
+        raise InvalidGrant(f"a grant's credits must be greater than 0, got {request.credits}")
+    ledger.check_amount(TransactionType.ADJUSTMENT, request.credits)
+    if not 0 <= request.priority <= MAX_PRIORITY:
+        raise InvalidGrant(f"priority must be 0 to {MAX_PRIORITY}, got {request.priority}")
+    if not request.reason.strip() or len(request.reason) > MAX_REASON or "\x00" in request.reason:
+        raise InvalidGrant(f"a reason of 1 to {MAX_REASON} characters (no NUL) is required")
+    if not request.key.strip() or len(request.key) > MAX_KEY or "\x00" in request.key:
+        raise InvalidGrant(f"a key of 1 to {MAX_KEY} characters (no NUL) is required")
+    if request.source not in SOURCES:
+        raise InvalidGrant(f"source must be one of {', '.join(SOURCES)}")
+
+
+def _refuse_another_grant(first: Grant, request: GrantRequest, expires_at: datetime) -> None:
+    """`GrantConflict` unless `request` asks for the grant `first` is (a retry of it)."""
+    asked = (expires_at.replace(tzinfo=UTC), request.priority, request.reason)
+    if asked == (first.expires_at, first.priority, first.reason):
+        return
+    raise GrantConflict(
+        f"grant key {request.key!r} was already posted as grant {first.grant_id} "
+        f"(expires {first.expires_at.isoformat()}, priority {first.priority}, "
+        f"reason {first.reason!r}); refusing another grant under the same key"
+    )
