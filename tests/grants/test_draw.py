@@ -1,9 +1,12 @@
 """Usage draws from grants first, in their order, and never changes an amount."""
 
+import asyncio
+
 from sqlalchemy import select
 
 from metering.db import session_scope
 from metering.models import CreditTransaction, GrantDraw
+from tests.factories import create_experiment
 from tests.grants.helpers import (
     Sessions,
     assert_reconciled,
@@ -92,3 +95,17 @@ async def test_a_user_without_grants_draws_nothing(sessions: Sessions) -> None:
     row_id = await charge(sessions, experiment_id, 10)
     assert await draws_of(sessions, row_id) == {}
     assert await credits_of(sessions, user_id) == 90
+
+
+async def test_concurrent_batches_of_one_user_never_draw_a_grant_twice(sessions: Sessions) -> None:
+    user_id, _ = await user_with_experiment(sessions, purchased=1_000)
+    async with session_scope(sessions) as session:
+        experiments = [await create_experiment(session, user_id) for _ in range(8)]
+    grant_id = await give(sessions, user_id, 100)
+
+    await asyncio.gather(*(charge(sessions, e, 15) for e in experiments))
+
+    assert await drawn(sessions, grant_id) == 100
+    assert (await grant(sessions, grant_id)).remaining == 0
+    assert await credits_of(sessions, user_id) == 1_100 - 8 * 15
+    await assert_reconciled(sessions)

@@ -1,11 +1,12 @@
 """A grant posts once per key; the same key with other values is a conflict."""
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from metering import ledger
 from metering.db import session_scope
@@ -15,9 +16,11 @@ from tests.grants.helpers import (
     Sessions,
     assert_reconciled,
     credits_of,
+    make_due,
     request,
     user_with_experiment,
 )
+from tests.test_ledger_edges import wait_until_blocked_on_a_lock
 
 
 async def rows_of(sessions: Sessions, user_id: str) -> tuple[int, int]:
@@ -132,3 +135,38 @@ async def test_a_grant_out_of_bounds_is_refused_and_posts_nothing(
             await post_grant(session, user_id, replace(request(100), **change))
     assert await rows_of(sessions, user_id) == (0, 0)
     await assert_reconciled(sessions)
+
+
+async def test_a_repeat_after_the_expiry_returns_the_grant(sessions: Sessions) -> None:
+    user_id, _ = await user_with_experiment(sessions)
+    asked = request(100)
+    async with session_scope(sessions) as session:
+        first = await post_grant(session, user_id, asked)
+    # Time passes: the grant's expiry is behind us when its grant is asked for again.
+    passed = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    await make_due(sessions, first.grant.grant_id, at=passed)
+    async with session_scope(sessions) as session:
+        again = await post_grant(session, user_id, replace(asked, expires_at=passed))
+    assert not again.created
+    assert again.grant.grant_id == first.grant.grant_id
+    assert await rows_of(sessions, user_id) == (1, 1)
+
+
+async def test_the_same_key_twice_at_once_gives_one_grant(sessions: Sessions) -> None:
+    user_id, _ = await user_with_experiment(sessions)
+    asked = request(100)
+
+    async def give_it() -> bool:
+        async with session_scope(sessions) as session:
+            return (await post_grant(session, user_id, asked)).created
+
+    async with sessions() as holder, holder.begin():
+        # Both postings queue for the user's balance behind this lock, then race for the key.
+        await holder.execute(
+            text('SELECT 1 FROM "User" WHERE id = :id FOR NO KEY UPDATE'), {"id": user_id}
+        )
+        both = [asyncio.ensure_future(give_it()) for _ in range(2)]
+        await wait_until_blocked_on_a_lock(sessions, backends=2)
+    assert sorted(await asyncio.gather(*both)) == [False, True]
+    assert await rows_of(sessions, user_id) == (1, 1)
+    assert await credits_of(sessions, user_id) == 100

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import accounts, ledger
@@ -56,6 +56,8 @@ class PostedGrant:
     created: bool
 
 
+_PAST = text("SELECT CAST(:at AS timestamp(3)) <= (now() AT TIME ZONE 'UTC')")
+_KEY_TAKEN = text('SELECT 1 FROM "CreditTransaction" WHERE "idempotencyKey" = :key')
 _INSERT_GRANT = text(
     'INSERT INTO "CreditGrant" (id, "userId", amount, remaining, priority, "expiresAt", reason, '
     "source) VALUES (:id, :user_id, :amount, :amount, :priority, :expires_at, :reason, :source)"
@@ -65,35 +67,35 @@ _INSERT_GRANT = text(
 async def post_grant(session: AsyncSession, id_or_email: str, request: GrantRequest) -> PostedGrant:
     """Give the user (id or email) the grant, in the caller's transaction, or return the grant
     its key gave before. The key posted with other values is refused (`GrantConflict`, or
-    `ledger.KeyConflict` for another user or amount); so is an expiry not in the future."""
+    `ledger.KeyConflict` for another user or amount); so is a new grant whose expiry is not in
+    the future (by the database's clock). A refusal writes nothing."""
     _check(request)
     expires_at = request.expires_at_utc()
     user = await accounts.find_user(session, id_or_email)
-    posted = await ledger.post(
-        session,
-        ledger.Posting(
-            user_id=user.id,
-            type=TransactionType.ADJUSTMENT,
-            amount=request.credits,
-            description=f"Grant: {request.reason} (expires {expires_at.isoformat()}Z)",
-            idempotency_key=request.key,
-            metadata={
-                "grant": request.key,
-                "reason": request.reason,
-                "expiresAt": expires_at.isoformat() + "Z",
-                "priority": request.priority,
-                "source": request.source,
-            },
-            kind=ledger.KeyKind.GRANT,
-        ),
+    posting = ledger.Posting(
+        user_id=user.id,
+        type=TransactionType.ADJUSTMENT,
+        amount=request.credits,
+        description=f"Grant: {request.reason} (expires {expires_at.isoformat()}Z)",
+        idempotency_key=request.key,
+        metadata={
+            "grant": request.key,
+            "reason": request.reason,
+            "expiresAt": expires_at.isoformat() + "Z",
+            "priority": request.priority,
+            "source": request.source,
+        },
+        kind=ledger.KeyKind.GRANT,
     )
+    # A repeat of a grant given before may come after its expiry: it returns that grant.
+    past = await session.scalar(_PAST, {"at": expires_at})
+    if past and await session.scalar(_KEY_TAKEN, {"key": posting.stored_key}) is None:
+        raise InvalidGrant(f"expires_at {expires_at.isoformat()}Z is not in the future")
+    posted = await ledger.post(session, posting)
     if not posted.created:
         (first,) = (await grants_by_id(session, [posted.transaction_id])).values()
         _refuse_another_grant(first, request, expires_at)
         return PostedGrant(first, created=False)
-    now = await session.scalar(select(func.timezone("UTC", func.now())))
-    if now is None or expires_at <= now:
-        raise InvalidGrant(f"expires_at {expires_at.isoformat()}Z is not in the future")
     await session.execute(
         _INSERT_GRANT,
         {
