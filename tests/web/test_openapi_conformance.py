@@ -68,6 +68,7 @@ OPERATIONS = [
     "GET /users/{user_id}/balance",
     "GET /users/{user_id}/transactions",
     "GET /users/{user_id}/usage",
+    "POST /users/{user_id}/grants",
     "GET /experiments/{experiment_id}/usage",
     "POST /experiments/{experiment_id}/estimate",
     "GET /healthz",

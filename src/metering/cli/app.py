@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Give credits back to an experiment's owner (a REFUND transaction), once per key.",
     ),
     "adjust": ("ledger", "Correct a user's balance (an ADJUSTMENT transaction), once per key."),
+    "grant": (
+        "grants",
+        "Give a user credits that expire (a grant, drawn before purchased credits), once per key.",
+    ),
     "dev": (
         "stack",
         "Run everything locally until Ctrl-C: services, migrations, web, workers, beat, Flower.",

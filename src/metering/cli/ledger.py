@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering.budget import halt
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json, run
+from metering.grants.read import Grant, open_grants
 from metering.ledger import accounts, journal
 from metering.ledger.reconcile import Deletion, Violation, find_deletions, find_violations
 from metering.ops import redis_client
@@ -110,18 +111,22 @@ def balance(
     user: str = typer.Argument(..., help="User id or email."), as_json: bool = JSON
 ) -> None:
     """Show a user's credit balance."""
+    # Imported here: metering.cli.grants imports this module.
+    from metering.cli.grants import grant_json, print_grants
 
-    async def work(session: AsyncSession) -> accounts.Balance:
-        return await accounts.balance(session, user)
+    async def work(session: AsyncSession) -> tuple[accounts.Balance, list[Grant]]:
+        balance = await accounts.balance(session, user)
+        return balance, await open_grants(session, balance.user_id)
 
-    result = in_database(work)
+    result, grants = in_database(work)
     if as_json:
-        print_json(asdict(result))
+        print_json({**asdict(result), "grants": [grant_json(g) for g in grants]})
         return
     table = Table("user", "email", "credits", "USD")
     usd = Decimal(result.credits) * USD_PER_CREDIT
     table.add_row(result.user_id, result.email, f"{result.credits:,}", f"${usd:,.3f}")
     console.print(table)
+    print_grants(grants)
 
 
 KEY = typer.Option(

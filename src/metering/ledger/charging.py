@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, LargeBinary, Numeric, Text
 
+from metering.grants.draw import UsageDebit, draw_from_grants
 from metering.ledger.journal import (
     INT32_MAX,
     BalanceOverflow,
@@ -152,6 +153,10 @@ async def charge_usage(
     # Locked last and briefly: the rows above went in without waiting for other batches of the
     # same users.
     balances = await lock_users(session, {u for u in owners.values() if u is not None})
+    await draw_from_grants(
+        session,
+        [UsageDebit(o, g.stored_key, -g.amount) for g in billed if (o := owners[g.experiment_id])],
+    )
     user_deltas: dict[str, int] = defaultdict(int)
     experiment_deltas: dict[str, int] = defaultdict(int)
     for group in groups:

@@ -68,6 +68,8 @@ class KeyKind(enum.StrEnum):
     PURCHASE = "purchase"
     CLAWBACK = "clawback"
     OPERATOR = "operator"
+    GRANT = "grant"
+    EXPIRY = "expiry"
 
 
 def key_kind(type_: TransactionType, stripe_payment_id: str | None) -> KeyKind:
@@ -98,10 +100,13 @@ class Posting:
     experiment_id: str | None = None
     stripe_payment_id: str | None = None
     stripe_checkout_id: str | None = None
+    kind: KeyKind | None = None
+    """A key space of its own (a grant, its expiry); None: the one `key_kind` derives."""
 
     @property
     def stored_key(self) -> str:
-        return stored_key(key_kind(self.type, self.stripe_payment_id), self.idempotency_key)
+        kind = self.kind or key_kind(self.type, self.stripe_payment_id)
+        return stored_key(kind, self.idempotency_key)
 
     def describe(self) -> str:
         return _describe(self.type, self.amount, self.user_id, self.experiment_id)

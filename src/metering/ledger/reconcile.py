@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.grants.audit import grant_violations
+
 _CALLS = """(
         SELECT "experimentId", "userId", 1 AS calls, credits, "exactCredits", "inputTokens",
                "outputTokens"
@@ -165,7 +167,8 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
     creditsUsed differs from -SUM(its usage amounts) or from the ceiling of its exact cost; a row
     whose amount has the wrong sign for its type; an event recorded both as USAGE and unbilled;
     an experiment whose usage rows (each summing `calls` calls, 1 if it does not say) and call
-    records count other calls or tokens.
+    records count other calls or tokens; a grant whose remainder is not its amount minus its
+    draws and its expiry (`metering.grants.audit`).
 
     An experiment's usage counts its USAGE and UnbilledUsage rows, and the call records charged to
     users deleted since (whose USAGE rows went with them); it must also equal the sum of all its
@@ -211,6 +214,8 @@ async def find_violations(session: AsyncSession) -> list[Violation]:
     for row in await session.execute(_EVENTS_RECORDED_TWICE):
         detail = "recorded both as a USAGE row and as unbilled usage"
         violations.append(Violation("event", row.id, 2, 1, detail))
+    for v in await grant_violations(session):
+        violations.append(Violation("grant", v.subject_id, v.recorded, v.expected, v.detail))
     return violations
 
 

@@ -306,3 +306,67 @@ class StripeCheckoutSession(Base):
     amount_cents: Mapped[int] = mapped_column("amountCents", Integer, nullable=False)
     currency: Mapped[str] = mapped_column("currency", Text, nullable=False)
     created_at: Mapped[datetime] = _created_at()
+
+
+class CreditGrant(Base):
+    """Ours. Credits that expire (a promotion, a trial): the positive ADJUSTMENT whose id it has.
+
+    `amount` and `remaining` are in credits; usage draws `remaining` down (`GrantDraw`), higher
+    `priority` first, then the earliest `expiresAt`. At expiry one negative ADJUSTMENT (key
+    `expiry:<id>`) removes what is left, `remaining` becomes 0 and `expiredAt` is set.
+    """
+
+    __tablename__ = "CreditGrant"
+    __table_args__ = (
+        Index("CreditGrant_userId_idx", "userId"),
+        Index("CreditGrant_expiredAt_expiresAt_idx", "expiredAt", "expiresAt"),
+    )
+
+    id: Mapped[str] = mapped_column(
+        "id",
+        Text,
+        ForeignKey(
+            "CreditTransaction.id",
+            name="CreditGrant_id_fkey",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+        ),
+        primary_key=True,
+    )
+    user_id: Mapped[str] = mapped_column("userId", Text, nullable=False)
+    amount: Mapped[int] = mapped_column("amount", Integer, nullable=False)
+    remaining: Mapped[int] = mapped_column("remaining", Integer, nullable=False)
+    priority: Mapped[int] = mapped_column("priority", Integer, nullable=False, server_default="0")
+    expires_at: Mapped[datetime] = mapped_column("expiresAt", TIMESTAMP_MS, nullable=False)
+    expired_at: Mapped[datetime | None] = mapped_column("expiredAt", TIMESTAMP_MS)
+    reason: Mapped[str] = mapped_column("reason", Text, nullable=False)
+    source: Mapped[str] = mapped_column("source", Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class GrantDraw(Base):
+    """Ours. What one USAGE row drew from one grant: `amount` credits (> 0)."""
+
+    __tablename__ = "GrantDraw"
+    __table_args__ = (Index("GrantDraw_transactionId_idx", "transactionId"),)
+
+    grant_id: Mapped[str] = mapped_column(
+        "grantId",
+        Text,
+        ForeignKey(
+            "CreditGrant.id", name="GrantDraw_grantId_fkey", ondelete="CASCADE", onupdate="CASCADE"
+        ),
+        primary_key=True,
+    )
+    transaction_id: Mapped[str] = mapped_column(
+        "transactionId",
+        Text,
+        ForeignKey(
+            "CreditTransaction.id",
+            name="GrantDraw_transactionId_fkey",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+        ),
+        primary_key=True,
+    )
+    amount: Mapped[int] = mapped_column("amount", Integer, nullable=False)

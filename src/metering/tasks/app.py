@@ -35,7 +35,8 @@ STRIPE_QUEUE = "stripe"
 
 def create_app() -> Celery:
     settings = get_settings()
-    celery = Celery("metering", include=["metering.tasks.usage", "metering.tasks.stripe"])
+    tasks = ["metering.tasks.usage", "metering.tasks.stripe", "metering.tasks.grants"]
+    celery = Celery("metering", include=tasks)
     celery.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
@@ -48,6 +49,7 @@ def create_app() -> Celery:
         task_routes={
             "metering.usage.*": {"queue": USAGE_QUEUE},
             "metering.stripe.*": {"queue": STRIPE_QUEUE},
+            "metering.grants.*": {"queue": STRIPE_QUEUE},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -78,6 +80,12 @@ def create_app() -> Celery:
         "task": "metering.stripe.requeue_unprocessed",
         "schedule": float(settings.stripe_requeue_after_s),
         "options": {"expires": float(settings.stripe_requeue_after_s)},
+    }
+    # Grants past their expiry, within a minute of it (light work, beside Stripe's).
+    celery.conf.beat_schedule["grants-expire"] = {
+        "task": "metering.grants.expire",
+        "schedule": 30.0,
+        "options": {"expires": 30.0},
     }
     return celery
 

@@ -13,7 +13,7 @@ from metering.ops.db import create_engine, make_sessionmaker
 from metering.ops.logs import configure_logging
 from metering.ops.settings import Settings, get_settings
 from metering.stripe.client import close_http_client, create_client, create_http_client
-from metering.web import checkout, errors, experiments, health, users, webhooks
+from metering.web import checkout, errors, experiments, grants, health, users, webhooks
 from metering.web.deps import Enqueue, WebState
 from metering.web.metrics import router as metrics_router
 
@@ -58,6 +58,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(metrics_router)
     app.include_router(users.router)
+    app.include_router(grants.router)
     app.include_router(experiments.router)
     app.include_router(health.router)
     errors.install(app)

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from metering.errors import ConfigurationError, MeteringError, PermanentError
+from metering.errors import ConfigurationError, Conflict, MeteringError, PermanentError
+from metering.grants.post import InvalidGrant
 from metering.ledger.accounts import NotFound
 from metering.ledger.reports import InvalidQuery
 from metering.ops.logs import get_logger, redact_text
@@ -51,6 +52,8 @@ STATUS_DESCRIPTIONS = {
     400: "The body is malformed JSON (`invalid_json`).",
     401: "No valid bearer token (`unauthorized`).",
     404: "No such user or experiment (`not_found`).",
+    409: "The request contradicts what is recorded, e.g. a key already used for another posting "
+    "(`idempotency_key_conflict`).",
     422: "The request is refused: a parameter or field missing or out of its bounds, a body "
     "that is not a JSON object, an unpriced model (`invalid_request` and pricing codes).",
     503: "The API token is not configured (`api_not_configured`), or the database is unavailable.",
@@ -107,8 +110,10 @@ def status_of(error: MeteringError) -> int:
         return 400
     if isinstance(error, stripe_checkout.InvalidPurchase | stripe_checkout.UnknownPack):
         return 422
-    if isinstance(error, InvalidQuery | PricingError):
+    if isinstance(error, InvalidQuery | PricingError | InvalidGrant):
         return 422
+    if isinstance(error, Conflict):
+        return 409
     if isinstance(error, stripe_checkout.StripeRequestFailed):
         return 503 if error.unavailable else 502
     if isinstance(error, ConfigurationError):

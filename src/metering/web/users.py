@@ -1,12 +1,13 @@
 """`GET /users/{id}/balance` and `GET /users/{id}/transactions` (bearer token)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from metering.grants.read import Grant, open_grants
 from metering.ledger import reports
 from metering.ops.db import session_scope
 from metering.ops.models import TransactionType
@@ -28,7 +29,10 @@ router = APIRouter(
 # (Docstrings of response models are their OpenAPI descriptions, so the reasons live here.)
 @dataclass(frozen=True)
 class BalanceResponse(reports.UserBalance):
-    """`credits` in credits (1 credit = $0.001); `usd` is their exact value, a decimal string."""
+    """`credits` in credits (1 credit = $0.001); `usd` is their exact value, a decimal string.
+    `grants`: the grants with credits left (part of `credits`), in the order usage draws them."""
+
+    grants: list[Grant] = field(default_factory=list)
 
 
 Types = Annotated[list[TransactionType] | None, Query(description="Repeat to allow several.")]
@@ -57,7 +61,8 @@ async def get_balance(user_id: UserKey, state: State) -> BalanceResponse:
     """The user's balance, by id or email. 404 for an unknown user."""
     async with session_scope(state.sessions) as session:
         balance = await reports.user_balance(session, user_id)
-    return BalanceResponse(**vars(balance))
+        grants = await open_grants(session, balance.user_id)
+    return BalanceResponse(**vars(balance), grants=grants)
 
 
 @router.get("/{user_id}/transactions")
