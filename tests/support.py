@@ -9,6 +9,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from metering.ops.db import session_scope
+
 DEADLINE_S = 120.0
 REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -56,3 +61,22 @@ def metering(
         timeout=120,
         check=False,
     )
+
+
+async def wait_until_blocked_on_a_lock(
+    sessions: async_sessionmaker[AsyncSession], limit_s: float = 10.0, backends: int = 1
+) -> None:
+    """Wait until `backends` backends of this database wait on a lock (the charge under test)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        async with session_scope(sessions) as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting is not None and waiting >= backends:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the charge never waited on a lock")

@@ -4,7 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from tests.grants.helpers import Sessions, credits_of, user_with_experiment
-from tests.test_cli import metering
+from tests.support import metering
 
 EXPIRES_AT = (datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)).isoformat()
 

@@ -26,7 +26,7 @@ from tests.grants.helpers import (
     make_due,
     user_with_experiment,
 )
-from tests.test_ledger_edges import wait_until_blocked_on_a_lock
+from tests.support import wait_until_blocked_on_a_lock
 
 T = TypeVar("T")
 

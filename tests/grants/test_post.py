@@ -20,7 +20,7 @@ from tests.grants.helpers import (
     request,
     user_with_experiment,
 )
-from tests.test_ledger_edges import wait_until_blocked_on_a_lock
+from tests.support import wait_until_blocked_on_a_lock
 
 
 async def rows_of(sessions: Sessions, user_id: str) -> tuple[int, int]:

@@ -8,7 +8,6 @@ Tests that leave the books deliberately inconsistent run on a private database
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -30,6 +29,7 @@ from metering.ops.models import (
 )
 from metering.usage.event import parse_event
 from tests.factories import CALL, create_experiment, create_user, unique
+from tests.support import wait_until_blocked_on_a_lock
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -87,25 +87,6 @@ async def charge_behind(
         await holder.commit()
         (result,) = await asyncio.gather(task, return_exceptions=True)
     return result, waiting
-
-
-async def wait_until_blocked_on_a_lock(
-    sessions: Sessions, limit_s: float = 10.0, backends: int = 1
-) -> None:
-    """Wait until `backends` backends of this database wait on a lock (the charge under test)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        async with session_scope(sessions) as session:
-            waiting = await session.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        if waiting is not None and waiting >= backends:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the charge never waited on a lock")
 
 
 async def error_of(awaitable: Any) -> BaseException:

@@ -2,7 +2,6 @@
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from decimal import Decimal
 
 import typer
 from redis.exceptions import RedisError
@@ -14,13 +13,12 @@ from metering.budget import halt
 from metering.cli.app import app
 from metering.cli.common import console, errors, in_database, print_json, run
 from metering.grants.read import Grant, open_grants
-from metering.ledger import accounts, journal
+from metering.ledger import accounts, journal, reports
 from metering.ledger.reconcile import Deletion, Violation, find_deletions, find_violations
 from metering.ops import redis_client
 from metering.ops.db import create_engine, make_sessionmaker
 from metering.ops.reconcile_status import record_reconcile
 from metering.ops.settings import get_settings
-from metering.pricing.money import USD_PER_CREDIT
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 
@@ -114,8 +112,8 @@ def balance(
     # Imported here: metering.cli.grants imports this module.
     from metering.cli.grants import grant_json, print_grants
 
-    async def work(session: AsyncSession) -> tuple[accounts.Balance, list[Grant]]:
-        balance = await accounts.balance(session, user)
+    async def work(session: AsyncSession) -> tuple[reports.UserBalance, list[Grant]]:
+        balance = await reports.user_balance(session, user)
         return balance, await open_grants(session, balance.user_id)
 
     result, grants = in_database(work)
@@ -123,8 +121,7 @@ def balance(
         print_json({**asdict(result), "grants": [grant_json(g) for g in grants]})
         return
     table = Table("user", "email", "credits", "USD")
-    usd = Decimal(result.credits) * USD_PER_CREDIT
-    table.add_row(result.user_id, result.email, f"{result.credits:,}", f"${usd:,.3f}")
+    table.add_row(result.user_id, result.email, f"{result.credits:,}", f"${result.usd:,.3f}")
     console.print(table)
     print_grants(grants)
 

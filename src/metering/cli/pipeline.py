@@ -23,7 +23,7 @@ from metering.cli.app import app
 from metering.cli.common import console, fail, print_json, run
 from metering.cli.stack import DATA_DIR, local_stack
 from metering.dev.processes import ProcessGroup, celery_command
-from metering.ledger import accounts
+from metering.ledger import accounts, reports
 from metering.ledger.reconcile import find_violations
 from metering.ops import migrate, redis_client, redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, run_in_transaction, session_scope
@@ -290,7 +290,7 @@ async def _demo(seconds: float, rate: int) -> dict[str, Any]:
         await _wait_charged(sessions, client, experiments, sent, dead_before)
         async with session_scope(sessions) as session:
             per_model = await _credits_per_model(session, experiments)
-            after = (await accounts.balance(session, user_id)).credits
+            after = (await reports.user_balance(session, user_id)).credits
             violations = [str(v) for v in await find_violations(session)]
         dead = await dead_letters.list_dead_letters(client, prefix, 1_000_000)
         return {

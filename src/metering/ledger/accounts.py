@@ -3,8 +3,6 @@
 Corrections go through the ledger like everything else that moves credits.
 """
 
-from dataclasses import dataclass
-
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,16 +22,6 @@ class NotFound(PermanentError):
     code = "not_found"
 
 
-@dataclass(frozen=True)
-class Balance:
-    """A user's balance in credits (1 credit = $0.001)."""
-
-    user_id: str
-    email: str
-    credits: int
-    updated_at: str
-
-
 async def find_user(session: AsyncSession, id_or_email: str) -> User:
     """The user with this id or email; `NotFound` otherwise."""
     user = await session.scalar(
@@ -49,11 +37,6 @@ async def find_experiment(session: AsyncSession, experiment_id: str) -> MAACExpe
     if experiment is None:
         raise NotFound(f"no experiment with id {experiment_id!r}")
     return experiment
-
-
-async def balance(session: AsyncSession, id_or_email: str) -> Balance:
-    user = await find_user(session, id_or_email)
-    return Balance(user.id, user.email, user.credits, user.updated_at.isoformat() + "Z")
 
 
 async def ensure_user(session: AsyncSession, email: str, name: str | None = None) -> str:
