@@ -7,7 +7,7 @@ import pytest
 
 from metering.errors import PermanentError
 from metering.pricing import CatalogError, get_catalog, load_catalog
-from tests.pricing.conftest import MINIMAL
+from tests.pricing.helpers import MINIMAL
 
 
 def test_the_packaged_catalog_loads_and_is_cached() -> None:

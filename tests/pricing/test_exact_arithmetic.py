@@ -17,7 +17,7 @@ from metering.pricing import (
 )
 from metering.pricing import catalog as catalog_module
 from metering.pricing.calculator import AppliedRates, applied_rates, cost_usd
-from tests.pricing.conftest import MINIMAL
+from tests.pricing.helpers import MINIMAL
 
 
 @pytest.mark.parametrize("zero", ["-0", "-0.00", "-0E+3"])

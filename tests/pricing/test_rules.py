@@ -17,7 +17,7 @@ from metering.pricing import (
     get_catalog,
     load_catalog,
 )
-from tests.pricing.conftest import MINIMAL
+from tests.pricing.helpers import MINIMAL
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from metering.pricing import CatalogError, TokenUsage, get_catalog, load_catalog
-from tests.pricing.conftest import MINIMAL
+from tests.pricing.helpers import MINIMAL
 
 MILLION = TokenUsage(input_tokens=1_000_000, output_tokens=0)
 WINDOWS = (

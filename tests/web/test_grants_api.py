@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.grants.helpers import Sessions, credits_of, user_with_experiment
-from tests.web.conftest import API_TOKEN
+from tests.web.helpers import API_TOKEN
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
