@@ -6,6 +6,7 @@ and aliases are unique within a provider; tier multipliers are positive; time-of
 UTC times of day with distinct start and end.
 """
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
@@ -32,12 +33,18 @@ def _decimal(value: object) -> Decimal:
     return number
 
 
+def _from_iso_text(value: object, parse: Callable[[str], object], what: str) -> object:
+    """The JSON layer writes times as ISO 8601 text: parsed here; TOML's own values pass."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not an ISO 8601 {what}") from error
+
+
 def _aware(value: object) -> datetime:
-    if isinstance(value, str):  # the JSON layer writes ISO 8601 text
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as error:
-            raise ValueError(f"{value!r} is not an ISO 8601 date-time") from error
+    value = _from_iso_text(value, datetime.fromisoformat, "date-time")
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("effective dates need a UTC offset, e.g. 2025-06-10T00:00:00Z")
@@ -88,11 +95,7 @@ class LongContext(Rates):
 
 
 def _utc_time(value: object) -> time:
-    if isinstance(value, str):  # the JSON layer writes ISO 8601 text
-        try:
-            value = time.fromisoformat(value)
-        except ValueError as error:
-            raise ValueError(f"{value!r} is not an ISO 8601 time of day") from error
+    value = _from_iso_text(value, time.fromisoformat, "time of day")
     if not isinstance(value, time):
         raise ValueError(f"give a TOML local time such as 16:30:00 (UTC), not {value!r}")
     if value.tzinfo is not None:
