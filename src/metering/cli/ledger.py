@@ -131,6 +131,7 @@ KEY = typer.Option(
     help="Idempotency key, e.g. the ticket: the same key posts once, so running the command "
     "again (a lost reply) changes nothing; a key already used for another posting is refused.",
 )
+REASON = typer.Option(..., help="Why, for the audit trail.")
 OPERATOR = typer.Option(
     ..., envvar="METERING_OPERATOR", help="Who makes the posting, for the audit trail."
 )
@@ -140,7 +141,7 @@ OPERATOR = typer.Option(
 def refund(
     experiment: str = typer.Argument(..., help="Experiment id."),
     credits: int = typer.Option(..., help="Credits to give back (> 0)."),
-    reason: str = typer.Option(..., help="Why, for the audit trail."),
+    reason: str = REASON,
     key: str = KEY,
     operator: str = OPERATOR,
     as_json: bool = JSON,
@@ -157,7 +158,7 @@ def refund(
 def adjust(
     user: str = typer.Argument(..., help="User id or email."),
     credits: int = typer.Option(..., help="Credits to add (negative to remove)."),
-    reason: str = typer.Option(..., help="Why, for the audit trail."),
+    reason: str = REASON,
     key: str = KEY,
     operator: str = OPERATOR,
     as_json: bool = JSON,

@@ -12,7 +12,15 @@ from decimal import Decimal, InvalidOperation
 from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from metering.usage.event import STANDARD_TIER
 
@@ -173,6 +181,19 @@ class TierTable(_Strict):
 
 
 Tier = Money | TierTable
+
+
+def _check_tiers(tiers: dict[str, Decimal | TierTable]) -> dict[str, Decimal | TierTable]:
+    for name, tier in tiers.items():
+        if name == STANDARD_TIER:
+            raise ValueError("the standard tier is implicit (multiplier 1); do not list it")
+        if any(multiplier <= 0 for multiplier in tier_multipliers(tier).values()):
+            raise ValueError(f"tier {name!r} needs multipliers > 0")
+    return tiers
+
+
+Tiers = Annotated[dict[str, Tier], AfterValidator(_check_tiers)]
+"""Service tier -> multipliers, the standard tier implicit, every multiplier > 0."""
 """A service tier: one multiplier on every rate ("0.5"), or a `TierTable`."""
 
 
@@ -192,16 +213,9 @@ class ModelEntry(_Strict):
     source: str = Field(pattern=r"^https://")
     checked: date
     """The day the prices were last compared with `source`."""
-    tiers: dict[str, Tier] | None = None
+    tiers: Tiers | None = None
     """Service tier -> multipliers; replaces the provider's tiers when given."""
     prices: tuple[PricePeriod, ...] = Field(min_length=1)
-
-    @field_validator("tiers")
-    @classmethod
-    def _positive(
-        cls, tiers: dict[str, Decimal | TierTable] | None
-    ) -> dict[str, Decimal | TierTable] | None:
-        return None if tiers is None else _check_tiers(tiers)
 
     @field_validator("prices")
     @classmethod
@@ -220,13 +234,8 @@ class ProviderEntry(_Strict):
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    tiers: dict[str, Tier] = {}
+    tiers: Tiers = {}
     models: tuple[ModelEntry, ...] = Field(min_length=1)
-
-    @field_validator("tiers")
-    @classmethod
-    def _positive(cls, tiers: dict[str, Decimal | TierTable]) -> dict[str, Decimal | TierTable]:
-        return _check_tiers(tiers)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ProviderEntry":
@@ -252,15 +261,8 @@ class OverlayProvider(_Strict):
 
     name: str | None = Field(default=None, min_length=1)
     aliases: tuple[str, ...] = ()
-    tiers: dict[str, Tier] | None = None
+    tiers: Tiers | None = None
     models: tuple[ModelEntry, ...] = ()
-
-    @field_validator("tiers")
-    @classmethod
-    def _positive(
-        cls, tiers: dict[str, Decimal | TierTable] | None
-    ) -> dict[str, Decimal | TierTable] | None:
-        return None if tiers is None else _check_tiers(tiers)
 
 
 class OverlayFile(_Strict):
@@ -281,12 +283,3 @@ def check_unique_names(models: tuple[ModelEntry, ...]) -> None:
             if key in owner:
                 raise ValueError(f"{name!r} of model {model.id!r} is already {owner[key]!r}")
             owner[key] = model.id
-
-
-def _check_tiers(tiers: dict[str, Decimal | TierTable]) -> dict[str, Decimal | TierTable]:
-    for name, tier in tiers.items():
-        if name == STANDARD_TIER:
-            raise ValueError("the standard tier is implicit (multiplier 1); do not list it")
-        if any(multiplier <= 0 for multiplier in tier_multipliers(tier).values()):
-            raise ValueError(f"tier {name!r} needs multipliers > 0")
-    return tiers
