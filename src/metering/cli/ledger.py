@@ -148,10 +148,7 @@ def refund(
 ) -> None:
     """Give credits back to an experiment's owner (a REFUND transaction), once per key."""
 
-    async def work(session: AsyncSession) -> journal.PostedTransaction:
-        return await accounts.refund_experiment(session, experiment, credits, reason, key, operator)
-
-    _post(work, as_json)
+    _post(accounts.refund_experiment, experiment, credits, reason, key, operator, as_json=as_json)
 
 
 @app.command()
@@ -165,16 +162,26 @@ def adjust(
 ) -> None:
     """Correct a user's balance (an ADJUSTMENT transaction), once per key."""
 
-    async def work(session: AsyncSession) -> journal.PostedTransaction:
-        return await accounts.adjust_user(session, user, credits, reason, key, operator)
-
-    _post(work, as_json)
+    _post(accounts.adjust_user, user, credits, reason, key, operator, as_json=as_json)
 
 
 def _post(
-    work: Callable[[AsyncSession], Awaitable[journal.PostedTransaction]], as_json: bool
+    correction: Callable[
+        [AsyncSession, str, int, str, str, str], Awaitable[journal.PostedTransaction]
+    ],
+    target: str,
+    credits: int,
+    reason: str,
+    key: str,
+    operator: str,
+    *,
+    as_json: bool,
 ) -> None:
     """Post an operator's correction, report it, and bring the user's halt flags up to date."""
+
+    async def work(session: AsyncSession) -> journal.PostedTransaction:
+        return await correction(session, target, credits, reason, key, operator)
+
     posted = in_database(work)
     _report_posting(posted, as_json)
     _sync_halts(posted.user_id)
