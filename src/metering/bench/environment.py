@@ -2,33 +2,26 @@
 
 Everything is made per run and removed afterwards: the database `metering_bench_<run>` on the
 server of DATABASE_URL (never the configured database itself), and every Redis key under the
-prefix `metering-bench-<run>`. Child processes run in their own process group so that stopping
-one also stops what it forked (Celery's pool children).
+prefix `metering-bench-<run>`. Its child processes run in a `metering.dev.processes` group.
 """
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import psutil
 from redis import Redis
 from sqlalchemy import func, insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from metering.bench.workload import USER_CREDITS, Population
+from metering.dev.processes import ProcessGroup, celery_command
 from metering.ledger import journal
 from metering.ops import migrate
 from metering.ops.models import MAACExperiment, TransactionType, User
 from metering.ops.settings import to_asyncpg_url
 
-READY_TIMEOUT_S = 90.0
+KEPT_LINES = 200
 
 
 @dataclass(frozen=True)
@@ -139,76 +132,9 @@ async def seed(session: AsyncSession, people: Population) -> None:
     )
 
 
-@dataclass
-class Child:
-    """A child process in its own process group; its output is kept (last lines) for errors."""
-
-    name: str
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    def tail(self, lines: int = 30) -> str:
-        return "".join(self.output[-lines:])
-
-    def tree(self) -> list[psutil.Process]:
-        """The process and its descendants (a Celery worker and its pool children)."""
-        try:
-            main = psutil.Process(self.process.pid)
-            return [main, *main.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-
-def start(
-    name: str, command: Sequence[str], env: Mapping[str, str], *, ready_marker: str | None = None
-) -> Child:
-    """Start `command`; with `ready_marker`, wait until a line of its output contains it."""
-    process = subprocess.Popen(
-        list(command),
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    child = Child(name, process)
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            child.output.append(line)
-            del child.output[:-200]
-            if ready_marker is not None and ready_marker in line:
-                child.ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if ready_marker is not None and not child.ready.wait(READY_TIMEOUT_S):
-        stop(child)
-        raise RuntimeError(f"{name} did not start:\n{child.tail()}")
-    return child
-
-
-def stop(child: Child, grace_s: float = 20.0) -> None:
-    """SIGTERM the child's process group, SIGKILL it after `grace_s`."""
-    _signal_group(child.process, signal.SIGTERM)
-    try:
-        child.process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        _signal_group(child.process, signal.SIGKILL)
-        child.process.wait()
-    _signal_group(child.process, signal.SIGKILL)
-
-
-def celery(app: str, *arguments: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", app, *arguments]
-
-
 def worker_command(app: str, queue: str, concurrency: int, name: str) -> list[str]:
     """A prefork Celery worker on one queue, as the Procfile runs it."""
-    return celery(
-        app,
+    return celery_command(
         "worker",
         "-Q",
         queue,
@@ -223,20 +149,10 @@ def worker_command(app: str, queue: str, concurrency: int, name: str) -> list[st
         f"{name}-{os.getpid()}@%h",
         "-l",
         "INFO",
+        app=app,
     )
 
 
-def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[Child]]:
-    """A list to start children into; all of them are stopped on exit."""
-    started: list[Child] = []
-    try:
-        yield started
-    finally:
-        for child in reversed(started):
-            stop(child)
+def children() -> ProcessGroup:
+    """A group to start a run's children into (`with` it); their last lines are kept for errors."""
+    return ProcessGroup(keep=KEPT_LINES)

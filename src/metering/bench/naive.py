@@ -39,15 +39,11 @@ async def run(services: Services, work: Workload, concurrency: int, timeout_s: f
     producer = make_app(services.redis_url, services.redis_prefix)
     try:
         with environment.children() as started:
-            started.append(
-                environment.start(
-                    "naive-worker",
-                    environment.worker_command(
-                        "metering.bench.naive_app", QUEUE, concurrency, "naive"
-                    ),
-                    services.environment(),
-                    ready_marker=READY,
-                )
+            started.start(
+                "naive-worker",
+                environment.worker_command("metering.bench.naive_app", QUEUE, concurrency, "naive"),
+                services.environment(),
+                ready_marker=READY,
             )
             began = time.time()
             await asyncio.to_thread(_send_all, producer, work.payloads)

@@ -29,6 +29,8 @@ from redis.exceptions import ResponseError
 from metering.bench import environment
 from metering.bench.environment import Services
 from metering.bench.workload import Workload
+from metering.dev.processes import Child, ProcessGroup, celery_command
+from metering.dev.stack import CELERY_APP
 from metering.ops import redis_keys
 from metering.usage.streams import text
 
@@ -79,7 +81,7 @@ class RssSample:
 class RssSampler(threading.Thread):
     """Samples the resident memory of a worker's process tree every `RSS_EVERY_S`."""
 
-    def __init__(self, worker: environment.Child) -> None:
+    def __init__(self, worker: Child) -> None:
         super().__init__(daemon=True)
         self.worker = worker
         self.samples: list[RssSample] = []
@@ -301,25 +303,17 @@ async def run_load(
     )
 
 
-def start_workers(
-    services: Services, settings: PipelineSettings, started: list[environment.Child]
-) -> environment.Child:
+def start_workers(services: Services, settings: PipelineSettings, started: ProcessGroup) -> Child:
     """`celery beat` and `celery worker -Q usage` for this run; returns the worker."""
     env = services.environment(**settings.environment())
     schedule = Path(tempfile.mkdtemp(prefix="metering-bench-")) / "beat-schedule"
-    started.append(
-        environment.start(
-            "beat", environment.celery("metering.tasks.app", "beat", "-s", str(schedule)), env
-        )
-    )
-    worker = environment.start(
+    started.start("beat", celery_command("beat", "-s", str(schedule)), env)
+    return started.start(
         "worker",
-        environment.worker_command("metering.tasks.app", "usage", settings.concurrency, "bench"),
+        environment.worker_command(CELERY_APP, "usage", settings.concurrency, "bench"),
         env,
         ready_marker=" ready.",
     )
-    started.append(worker)
-    return worker
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from metering.bench import environment
+from metering.dev.processes import Child
 
 LIBRARIES = (
     ("(pydantic", "validation (pydantic)"),
@@ -34,7 +34,7 @@ LIBRARIES = (
 )
 
 
-def record(worker: environment.Child, output: Path) -> subprocess.Popen[bytes]:
+def record(worker: Child, output: Path) -> subprocess.Popen[bytes]:
     """Sample `worker` and its children until the returned process is interrupted (SIGINT)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen(

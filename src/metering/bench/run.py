@@ -15,7 +15,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from metering.bench import (
 )
 from metering.bench.environment import Services
 from metering.bench.pipeline import AckObserver, PipelineSettings, RssSampler
+from metering.dev.processes import Child
 from metering.ledger import charging
 from metering.ops import redis_keys
 from metering.ops.db import create_engine, make_sessionmaker, session_scope
@@ -187,7 +188,7 @@ async def _phases(
         spy = profile.record(worker, options.profile) if options.profile else None
         say(f"pipeline: {len(works['full'].payloads):,} entries as fast as possible")
         before = await storage.snapshot(engine)
-        groups = _cpu_groups(started)
+        groups = _cpu_groups(started.children)
         cpu_before = cpu.read(groups, time.monotonic())
         full = await pipeline.run_load(
             services, settings_, works["full"], rate=None, timeout_s=timeout_s
@@ -250,7 +251,7 @@ async def _phases(
     figures["exactly_once"]["dead_letters"] = await _dead_letters(services)
 
 
-def _cpu_groups(started: list[environment.Child]) -> dict[str, cpu.Meter]:
+def _cpu_groups(started: Sequence[Child]) -> dict[str, cpu.Meter]:
     """PostgreSQL, Redis, this process (producer, observer, the ceiling's and ledger path's
     writer) and, when started, the workers (beat, usage worker and its pool)."""
     groups: dict[str, cpu.Meter] = {

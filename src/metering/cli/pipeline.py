@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -235,10 +236,10 @@ def demo(
 
     Uses DATABASE_URL and REDIS_URL when both are set, embedded services otherwise."""
     with local_stack(data_dir) as services:
-        workers = ProcessGroup(services.environment(), output=None)
+        workers = ProcessGroup()
         try:
             if not _workers():
-                _start_worker(workers)
+                _start_worker(workers, services.environment())
             summary = run(lambda: _demo(seconds, rate))
         finally:
             workers.stop()
@@ -247,7 +248,7 @@ def demo(
         raise typer.Exit(1)
 
 
-def _start_worker(group: ProcessGroup) -> None:
+def _start_worker(group: ProcessGroup, environment: Mapping[str, str]) -> None:
     console.print("no worker answering: starting one on the usage queue")
     worker = group.start(
         "worker",
@@ -264,6 +265,7 @@ def _start_worker(group: ProcessGroup) -> None:
             "-l",
             "WARNING",
         ),
+        environment,
     )
     deadline = time.monotonic() + 60
     while not _workers():

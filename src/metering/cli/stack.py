@@ -83,7 +83,7 @@ def dev(
             # Flower reads this itself: no credentials on a command line (ps shows those).
             "FLOWER_BASIC_AUTH": flower_auth,
         }
-        group = ProcessGroup(environment)
+        group = ProcessGroup(echo=sys.stdout)
         # What this machine adds to the arguments every way of running the stack shares.
         local_args = {
             "worker": ("-c", "2"),
@@ -98,6 +98,7 @@ def dev(
                 group.start(
                     process.name,
                     celery_command(*process.celery_args, *extra) if process.celery_args else web,
+                    environment,
                 )
             console.print(
                 f"web on http://127.0.0.1:{port}, Flower on http://127.0.0.1:{flower_port}; "
